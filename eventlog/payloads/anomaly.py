@@ -1,0 +1,53 @@
+"""Facts the ingestion roles (Alertmanager webhook, metrics detector) record."""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from eventlog.payloads.base import Payload
+
+AnomalyOrigin = Literal["alertmanager", "detector"]
+Labels = dict[str, str]
+
+
+class AnomalyDetected(Payload):
+    """Something is wrong now: an alert fired or a detector rule breached."""
+
+    origin: AnomalyOrigin
+    name: str = Field(min_length=1, description="alertname or detector rule name")
+    fingerprint: str = Field(min_length=1, description="stable id of the alerting series")
+    starts_at: datetime
+    labels: Labels = Field(default_factory=dict)
+    annotations: Labels = Field(default_factory=dict)
+    service: str | None = None
+    severity: str | None = None
+    value: float | None = None
+    generator_url: str | None = None
+    group_key: str | None = None
+
+
+class AnomalyResolved(Payload):
+    """The signal behind an earlier AnomalyDetected is healthy again."""
+
+    origin: AnomalyOrigin
+    name: str = Field(min_length=1)
+    fingerprint: str = Field(min_length=1)
+    starts_at: datetime
+    ends_at: datetime
+    labels: Labels = Field(default_factory=dict)
+    value: float | None = None
+
+
+class AnomalyPredicted(Payload):
+    """A forecast says a series will cross its threshold within the horizon."""
+
+    name: str = Field(min_length=1)
+    fingerprint: str = Field(min_length=1)
+    labels: Labels = Field(default_factory=dict)
+    service: str | None = None
+    severity: str | None = None
+    current_value: float
+    threshold: float
+    predicted_crossing_at: datetime
+    horizon_seconds: float = Field(gt=0)

@@ -1,0 +1,99 @@
+"""Facts of saga-style remediation: proposal, approval, steps, compensation."""
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from eventlog.payloads.base import Payload
+
+JsonObject = dict[str, Any]
+RemediationMode = Literal["auto", "approval", "dry_run"]
+
+
+class RemediationAction(Payload):
+    """One step of a plan, taken from the action catalog."""
+
+    action: str = Field(min_length=1)
+    params: JsonObject = Field(default_factory=dict)
+    compensation: str | None = None
+
+
+class RemediationProposed(Payload):
+    saga_id: str = Field(min_length=1)
+    steps: list[RemediationAction] = Field(min_length=1)
+    mode: RemediationMode
+    risk: Literal["low", "medium", "high"] = "low"
+    rationale: str = ""
+
+
+class RemediationApproved(Payload):
+    saga_id: str = Field(min_length=1)
+    by: str = Field(min_length=1)
+    comment: str = ""
+
+
+class RemediationRejected(Payload):
+    saga_id: str = Field(min_length=1)
+    by: str = Field(min_length=1)
+    reason: str = ""
+
+
+class SagaStarted(Payload):
+    saga_id: str = Field(min_length=1)
+    steps: list[RemediationAction] = Field(min_length=1)
+    dry_run: bool = False
+
+
+class SagaStep(Payload):
+    """Fields every per-step saga fact shares."""
+
+    saga_id: str = Field(min_length=1)
+    step: int = Field(ge=0)
+    action: str = Field(min_length=1)
+
+
+class SagaStepStarted(SagaStep):
+    params: JsonObject = Field(default_factory=dict)
+    idempotency_key: str = Field(min_length=1)
+
+
+class SagaStepSucceeded(SagaStep):
+    output: JsonObject = Field(default_factory=dict)
+
+
+class SagaStepFailed(SagaStep):
+    error: str
+
+
+class CompensationStarted(SagaStep):
+    pass
+
+
+class CompensationSucceeded(SagaStep):
+    pass
+
+
+class CompensationFailed(SagaStep):
+    error: str
+
+
+class VerificationPassed(Payload):
+    saga_id: str = Field(min_length=1)
+    check: str
+    observed: float | None = None
+
+
+class VerificationFailed(Payload):
+    saga_id: str = Field(min_length=1)
+    check: str
+    observed: float | None = None
+    reason: str = ""
+
+
+class SagaCompleted(Payload):
+    saga_id: str = Field(min_length=1)
+
+
+class SagaCompensated(Payload):
+    saga_id: str = Field(min_length=1)
+    reason: str = ""

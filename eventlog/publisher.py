@@ -1,0 +1,92 @@
+"""Appending events: concurrent, acknowledged, and honest about what was not stored.
+
+Each event is published with `Nats-Msg-Id` = event id, so a retry of the same event within the
+stream's duplicate window is dropped by JetStream. Every publish is in flight at once
+(`publish_async`); each ack is awaited with a bound, because nats-py never fails an ack whose
+reply was lost in a broker restart. An event with no ack is reported, never assumed stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from eventlog.envelope import Event
+from eventlog.stream import EVENTS_STREAM
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+class PublishError(Exception):
+    """Some events were not acknowledged by JetStream; retrying them with the same ids is safe."""
+
+    def __init__(self, failed: dict[uuid.UUID, str], acked: dict[uuid.UUID, PubAck]) -> None:
+        self.failed = failed
+        self.acked = acked
+        first = next(iter(failed.values()))
+        super().__init__(f"{len(failed)} of {len(failed) + len(acked)} events not stored: {first}")
+
+
+class EventPublisher:
+    """Publishes events to VIGIL_EVENTS and returns only when each one is acked or reported."""
+
+    def __init__(
+        self, js: JetStreamContext, *, ack_timeout: float = 5.0, stream: str = EVENTS_STREAM
+    ) -> None:
+        self._js = js
+        self._ack_timeout = ack_timeout
+        self._stream = stream
+
+    async def publish(self, event: Event) -> PubAck:
+        return (await self.publish_many([event]))[0]
+
+    async def publish_many(self, events: Sequence[Event]) -> list[PubAck]:
+        """Publish all at once; raise PublishError naming every event that was not stored."""
+        failed: dict[uuid.UUID, str] = {}
+        pending: dict[asyncio.Future[PubAck], uuid.UUID] = {}
+        for event in events:
+            try:
+                future = await self._js.publish_async(
+                    event.subject,
+                    event.to_json(),
+                    wait_stall=self._ack_timeout,
+                    headers={MSG_ID_HEADER: str(event.id)},
+                )
+            except Exception as exc:  # the client refused it: closed, buffer full, stalled
+                failed[event.id] = _reason(exc)
+            else:
+                pending[future] = event.id
+        acked = await self._await_acks(pending, failed)
+        if failed:
+            raise PublishError(failed, acked)
+        return [acked[e.id] for e in events]
+
+    async def _await_acks(
+        self, pending: dict[asyncio.Future[PubAck], uuid.UUID], failed: dict[uuid.UUID, str]
+    ) -> dict[uuid.UUID, PubAck]:
+        acked: dict[uuid.UUID, PubAck] = {}
+        if not pending:
+            return acked
+        done, late = await asyncio.wait(pending, timeout=self._ack_timeout)
+        for future in late:
+            future.cancel()
+            failed[pending[future]] = f"no acknowledgement within {self._ack_timeout:g}s"
+        for future in done:
+            exc = future.exception()
+            if exc is not None:
+                failed[pending[future]] = _reason(exc)
+                continue
+            ack = future.result()
+            if ack.stream != self._stream:
+                failed[pending[future]] = f"stored in stream {ack.stream}, not {self._stream}"
+            else:
+                acked[pending[future]] = ack
+        return acked
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

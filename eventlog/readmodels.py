@@ -1,0 +1,232 @@
+"""Read models as pure folds: `apply_*(row, event, seq) -> row`.
+
+Each row is what the events of one incident (or tool call, or saga step) say so far; the
+projector loads the rows a batch touches, folds the batch's events into them and writes them
+back in the batch's transaction. No row holds anything the stream cannot rebuild.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from eventlog.envelope import Event
+from eventlog.payloads import (
+    AnomalyDetected,
+    AnomalyPredicted,
+    AnomalyResolved,
+    CompensationFailed,
+    CompensationStarted,
+    CompensationSucceeded,
+    IncidentAcknowledged,
+    IncidentResolved,
+    InvestigationStarted,
+    RootCauseConcluded,
+    SagaStarted,
+    SagaStepFailed,
+    SagaStepStarted,
+    SagaStepSucceeded,
+    ToolCompleted,
+    ToolFailed,
+    ToolRequested,
+)
+
+SEVERITY_RANK = {"critical": 3, "error": 2, "warning": 1, "info": 0}
+# Statuses only move forward, except that a new firing anomaly re-opens a resolved incident.
+STATUS_RANK = {"open": 0, "investigating": 1, "diagnosed": 2, "remediating": 3, "resolved": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRow:
+    incident_id: str
+    status: str
+    title: str | None
+    service: str | None
+    severity: str | None
+    predicted: bool
+    opened_at: datetime
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+    root_cause: str | None = None
+    root_cause_confidence: float | None = None
+    firing: tuple[str, ...] = ()
+    anomalies: int = 0
+    tool_calls: int = 0
+    event_count: int = 0
+    last_event_at: datetime | None = None
+    last_seq: int = 0
+
+
+def _advance(row: IncidentRow, status: str) -> IncidentRow:
+    if STATUS_RANK[status] > STATUS_RANK[row.status]:
+        return replace(row, status=status)
+    return row
+
+
+def _worse(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a or b
+    return a if SEVERITY_RANK.get(a, -1) >= SEVERITY_RANK.get(b, -1) else b
+
+
+def apply_incident(row: IncidentRow | None, event: Event, seq: int) -> IncidentRow:
+    data = event.data
+    if row is None:
+        row = IncidentRow(
+            incident_id=event.incident_id,
+            status="open",
+            title=getattr(data, "name", None),
+            service=getattr(data, "service", None),
+            severity=getattr(data, "severity", None),
+            predicted=isinstance(data, AnomalyPredicted),
+            opened_at=event.occurred_at,
+        )
+    row = replace(
+        row,
+        event_count=row.event_count + 1,
+        last_event_at=max(row.last_event_at or event.occurred_at, event.occurred_at),
+        last_seq=seq,
+    )
+    if isinstance(data, AnomalyDetected | AnomalyPredicted):
+        row = replace(
+            row,
+            title=row.title or data.name,
+            service=row.service or data.service,
+            severity=_worse(row.severity, data.severity),
+            anomalies=row.anomalies + 1,
+        )
+    if isinstance(data, AnomalyDetected) and data.fingerprint not in row.firing:
+        row = replace(row, firing=(*row.firing, data.fingerprint))
+        if row.status == "resolved":
+            row = replace(row, status="open", resolved_at=None, resolution=None)
+    elif isinstance(data, AnomalyResolved):
+        row = replace(row, firing=tuple(f for f in row.firing if f != data.fingerprint))
+    elif isinstance(data, InvestigationStarted):
+        row = _advance(row, "investigating")
+    elif isinstance(data, ToolRequested):
+        row = replace(row, tool_calls=row.tool_calls + 1)
+    elif isinstance(data, RootCauseConcluded):
+        top = max(data.hypotheses, key=lambda h: h.confidence, default=None)
+        row = _advance(row, "diagnosed")
+        if top is not None:
+            row = replace(row, root_cause=top.cause, root_cause_confidence=top.confidence)
+    elif isinstance(data, SagaStarted):
+        row = _advance(row, "remediating")
+    elif isinstance(data, IncidentAcknowledged) and row.acknowledged_at is None:
+        row = replace(row, acknowledged_at=event.occurred_at, acknowledged_by=data.by)
+    elif isinstance(data, IncidentResolved):
+        row = replace(row, status="resolved", resolved_at=event.occurred_at, resolution=data.how)
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRow:
+    incident_id: str
+    tool_call_id: str
+    tool_name: str
+    status: str
+    args: str | None = None
+    turn: int | None = None
+    requested_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    timed_out: bool = False
+    error: str | None = None
+    result: str | None = None
+
+
+TOOL_EVENTS = (ToolRequested, ToolCompleted, ToolFailed)
+
+
+def apply_tool_call(row: ToolCallRow | None, event: Event) -> ToolCallRow:
+    data = event.data
+    assert isinstance(data, TOOL_EVENTS)
+    if row is None:
+        row = ToolCallRow(event.incident_id, data.tool_call_id, data.tool_name, "requested")
+    if isinstance(data, ToolRequested):
+        return replace(row, args=_json(data.args), turn=data.turn, requested_at=event.occurred_at)
+    if isinstance(data, ToolCompleted):
+        return replace(
+            row,
+            status="completed",
+            finished_at=event.occurred_at,
+            duration_ms=data.duration_ms,
+            result=_json(data.result),
+        )
+    return replace(
+        row,
+        status="failed",
+        finished_at=event.occurred_at,
+        duration_ms=data.duration_ms,
+        timed_out=data.timed_out,
+        error=data.error,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SagaStepRow:
+    saga_id: str
+    step: int
+    incident_id: str
+    action: str
+    status: str
+    params: str | None = None
+    idempotency_key: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    compensated_at: datetime | None = None
+    error: str | None = None
+    output: str | None = None
+
+
+SAGA_STEP_EVENTS = (
+    SagaStepStarted,
+    SagaStepSucceeded,
+    SagaStepFailed,
+    CompensationStarted,
+    CompensationSucceeded,
+    CompensationFailed,
+)
+
+
+def apply_saga_step(row: SagaStepRow | None, event: Event) -> SagaStepRow:
+    data = event.data
+    assert isinstance(data, SAGA_STEP_EVENTS)
+    if row is None:
+        row = SagaStepRow(data.saga_id, data.step, event.incident_id, data.action, "started")
+    at = event.occurred_at
+    if isinstance(data, SagaStepStarted):
+        return replace(
+            row,
+            status="started",
+            params=_json(data.params),
+            idempotency_key=data.idempotency_key,
+            started_at=at,
+        )
+    if isinstance(data, SagaStepSucceeded):
+        return replace(row, status="succeeded", finished_at=at, output=_json(data.output))
+    if isinstance(data, SagaStepFailed):
+        return replace(row, status="failed", finished_at=at, error=data.error)
+    if isinstance(data, CompensationStarted):
+        return replace(row, status="compensating")
+    if isinstance(data, CompensationSucceeded):
+        return replace(row, status="compensated", compensated_at=at)
+    return replace(row, status="compensation_failed", error=data.error)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+@dataclass
+class Touched:
+    """The rows one batch changes, keyed like the tables' primary keys."""
+
+    incidents: dict[str, IncidentRow] = field(default_factory=dict)
+    tool_calls: dict[tuple[str, str], ToolCallRow] = field(default_factory=dict)
+    saga_steps: dict[tuple[str, int], SagaStepRow] = field(default_factory=dict)
