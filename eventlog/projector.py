@@ -10,6 +10,7 @@ skipped, and the events table's unique id absorbs a re-published event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # An abandoned projector consumer (its DuckDB file deleted) is removed by the server.
 CONSUMER_INACTIVE_THRESHOLD = 24 * 3600.0
+
+Write = Callable[[], object]
+Prepare = Callable[[str, list[Msg]], Awaitable[Write | None]]
 
 
 class Projector:
@@ -51,12 +55,12 @@ class Projector:
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(
-            self._follow(EVENTS_STREAM, self.durable, "vigil.evt.>", self._apply_events, stop),
+            self._follow(EVENTS_STREAM, self.durable, "vigil.evt.>", self._prepare_events, stop),
             self._follow(
                 DEAD_LETTER_STREAM,
                 f"{self.durable}-dlq",
                 f"{DEAD_LETTER_PREFIX}.>",
-                self._apply_dead_letters,
+                self._prepare_dead_letters,
                 stop,
             ),
         )
@@ -67,28 +71,41 @@ class Projector:
             await self.applied.wait_for(lambda: self.store.last_seq(stream) >= seq)
 
     async def _follow(
-        self,
-        stream: str,
-        durable: str,
-        subject: str,
-        apply: Callable[[str, list[Msg]], Awaitable[None]],
-        stop: asyncio.Event,
+        self, stream: str, durable: str, subject: str, prepare: Prepare, stop: asyncio.Event
     ) -> None:
-        last = self.store.last_seq(stream)
-        await self._reconcile(stream, durable, subject, last)
+        """Fetch batch N+1 while batch N is written, so fetching and writing overlap instead
+        of adding up. Writes run one at a time, in order, so acks stay in order."""
+        handed = self.store.last_seq(stream)  # highest sequence given to a write
+        await self._reconcile(stream, durable, subject, handed)
         sub = await self.js.pull_subscribe_bind(durable, stream=stream)
+        writing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
                 except (TimeoutError, NatsTimeoutError):
                     continue
-                await apply(stream, msgs)
-                await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch
-                async with self.applied:
-                    self.applied.notify_all()
+                # At or below `handed`: applied already (or being applied), delivered again.
+                fresh = [m for m in msgs if m.metadata.sequence.stream > handed]
+                write = await prepare(stream, fresh) if fresh else None
+                if fresh:
+                    handed = fresh[-1].metadata.sequence.stream
+                if writing is not None:
+                    await writing  # a failed write ends the loop: nothing after it is applied
+                writing = asyncio.create_task(self._commit(write, msgs[-1]))
+            if writing is not None:
+                await writing
         finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
             await sub.unsubscribe()
+
+    async def _commit(self, write: Write | None, last: Msg) -> None:
+        if write is not None:
+            await asyncio.to_thread(write)
+        await last.ack()  # AckPolicy.ALL: acks the whole batch
+        async with self.applied:
+            self.applied.notify_all()
 
     async def _reconcile(self, stream: str, durable: str, subject: str, last: int) -> None:
         try:
@@ -110,42 +127,36 @@ class Projector:
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                     opt_start_seq=last + 1,
                     ack_wait=60.0,
-                    max_ack_pending=self.batch * 2,
+                    max_ack_pending=self.batch * 3,
                     inactive_threshold=CONSUMER_INACTIVE_THRESHOLD,
                 ),
             )
 
-    async def _apply_events(self, stream: str, msgs: list[Msg]) -> None:
-        floor = self.store.last_seq(stream)
+    async def _prepare_events(self, stream: str, msgs: list[Msg]) -> Write:
         batch: list[StoredMessage] = []
         for msg in msgs:
-            seq = msg.metadata.sequence.stream
-            if seq <= floor:
-                continue  # applied before a crash, delivered again
             try:
                 event = parse_event(msg.data)
                 if event.subject != msg.subject:
                     raise MalformedEvent(f"subject {msg.subject} does not match {event.subject}")
             except MalformedEvent as exc:
+                # Kept, with the reason, before the checkpoint moves past it.
                 await record_dead_letter(
                     self.js, dead_letter_for(msg, consumer=self.durable, reason=exc.reason)
                 )
                 event = None
-            batch.append(StoredMessage(seq, msg.data, event))
-        if batch:
-            await asyncio.to_thread(self.store.apply_events, stream, batch)
+            batch.append(StoredMessage(msg.metadata.sequence.stream, msg.data, event))
+        return functools.partial(self.store.apply_events, stream, batch)
 
-    async def _apply_dead_letters(self, stream: str, msgs: list[Msg]) -> None:
-        floor = self.store.last_seq(stream)
+    async def _prepare_dead_letters(self, stream: str, msgs: list[Msg]) -> Write | None:
         letters = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
-            if seq <= floor:
-                continue
             try:
                 letters.append((seq, DeadLetter.model_validate(orjson.loads(msg.data))))
             except (ValueError, orjson.JSONDecodeError) as exc:
                 # Not ours (someone published to vigil.dlq.*): there is nowhere further to send it.
                 log.error("%s seq %d is not a dead letter, skipped: %s", stream, seq, exc)
-        if letters:
-            await asyncio.to_thread(self.store.apply_dead_letters, stream, letters)
+        if not letters:
+            return None
+        return functools.partial(self.store.apply_dead_letters, stream, letters)

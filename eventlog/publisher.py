@@ -19,6 +19,7 @@ from eventlog.envelope import Event
 from eventlog.stream import EVENTS_STREAM
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+NATS_PY_MAX_PENDING = 4000  # JetStreamContext's default publish_async_max_pending
 
 
 class PublishError(Exception):
@@ -35,11 +36,17 @@ class EventPublisher:
     """Publishes events to VIGIL_EVENTS and returns only when each one is acked or reported."""
 
     def __init__(
-        self, js: JetStreamContext, *, ack_timeout: float = 5.0, stream: str = EVENTS_STREAM
+        self,
+        js: JetStreamContext,
+        *,
+        ack_timeout: float = 5.0,
+        stream: str = EVENTS_STREAM,
+        max_pending: int = NATS_PY_MAX_PENDING,
     ) -> None:
         self._js = js
         self._ack_timeout = ack_timeout
         self._stream = stream
+        self._max_pending = max_pending
 
     async def publish(self, event: Event) -> PubAck:
         return (await self.publish_many([event]))[0]
@@ -49,11 +56,14 @@ class EventPublisher:
         failed: dict[uuid.UUID, str] = {}
         pending: dict[asyncio.Future[PubAck], uuid.UUID] = {}
         for event in events:
+            # A bound on the wait for a free slot costs a task per call in nats-py, so it is
+            # given only when the window of unacked publishes is full and the call could stall.
+            full = self._js.publish_async_pending() >= self._max_pending
             try:
                 future = await self._js.publish_async(
                     event.subject,
                     event.to_json(),
-                    wait_stall=self._ack_timeout,
+                    wait_stall=self._ack_timeout if full else None,
                     headers={MSG_ID_HEADER: str(event.id)},
                 )
             except Exception as exc:  # the client refused it: closed, buffer full, stalled

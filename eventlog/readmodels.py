@@ -7,7 +7,8 @@ back in the batch's transaction. No row holds anything the stream cannot rebuild
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -62,10 +63,12 @@ class IncidentRow:
     last_seq: int = 0
 
 
-def _advance(row: IncidentRow, status: str) -> IncidentRow:
-    if STATUS_RANK[status] > STATUS_RANK[row.status]:
-        return replace(row, status=status)
-    return row
+INCIDENT_FIELDS = tuple(f.name for f in fields(IncidentRow))
+
+
+def _advance(state: dict[str, Any], status: str) -> None:
+    if STATUS_RANK[status] > STATUS_RANK[state["status"]]:
+        state["status"] = status
 
 
 def _worse(a: str | None, b: str | None) -> str | None:
@@ -74,54 +77,71 @@ def _worse(a: str | None, b: str | None) -> str | None:
     return a if SEVERITY_RANK.get(a, -1) >= SEVERITY_RANK.get(b, -1) else b
 
 
-def apply_incident(row: IncidentRow | None, event: Event, seq: int) -> IncidentRow:
+def fold_incident(row: IncidentRow | None, events: Iterable[tuple[Event, int]]) -> IncidentRow:
+    """The incident after `events` (each with its stream sequence); `row` is what came before.
+
+    The fold works on one mutable copy per call, not a new row per event: the projector
+    folds a whole batch of one incident at once.
+    """
+    state: dict[str, Any] | None = None if row is None else _as_state(row)
+    for event, seq in events:
+        if state is None:
+            state = _opened_by(event)
+        _apply_incident(state, event, seq)
+    assert state is not None, "fold_incident needs a row or at least one event"
+    return IncidentRow(**state)
+
+
+def _as_state(row: IncidentRow) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in INCIDENT_FIELDS}
+
+
+def _opened_by(event: Event) -> dict[str, Any]:
     data = event.data
-    if row is None:
-        row = IncidentRow(
-            incident_id=event.incident_id,
-            status="open",
-            title=getattr(data, "name", None),
-            service=getattr(data, "service", None),
-            severity=getattr(data, "severity", None),
-            predicted=isinstance(data, AnomalyPredicted),
-            opened_at=event.occurred_at,
-        )
-    row = replace(
-        row,
-        event_count=row.event_count + 1,
-        last_event_at=max(row.last_event_at or event.occurred_at, event.occurred_at),
-        last_seq=seq,
+    first = IncidentRow(
+        incident_id=event.incident_id,
+        status="open",
+        title=getattr(data, "name", None),
+        service=getattr(data, "service", None),
+        severity=getattr(data, "severity", None),
+        predicted=isinstance(data, AnomalyPredicted),
+        opened_at=event.occurred_at,
     )
+    return _as_state(first)
+
+
+def _apply_incident(s: dict[str, Any], event: Event, seq: int) -> None:
+    data = event.data
+    s["event_count"] += 1
+    last = s["last_event_at"]
+    s["last_event_at"] = event.occurred_at if last is None else max(last, event.occurred_at)
+    s["last_seq"] = seq
     if isinstance(data, AnomalyDetected | AnomalyPredicted):
-        row = replace(
-            row,
-            title=row.title or data.name,
-            service=row.service or data.service,
-            severity=_worse(row.severity, data.severity),
-            anomalies=row.anomalies + 1,
-        )
-    if isinstance(data, AnomalyDetected) and data.fingerprint not in row.firing:
-        row = replace(row, firing=(*row.firing, data.fingerprint))
-        if row.status == "resolved":
-            row = replace(row, status="open", resolved_at=None, resolution=None)
+        s["title"] = s["title"] or data.name
+        s["service"] = s["service"] or data.service
+        s["severity"] = _worse(s["severity"], data.severity)
+        s["anomalies"] += 1
+    if isinstance(data, AnomalyDetected) and data.fingerprint not in s["firing"]:
+        s["firing"] = (*s["firing"], data.fingerprint)
+        if s["status"] == "resolved":  # it fired again: the incident is open again
+            s.update(status="open", resolved_at=None, resolution=None)
     elif isinstance(data, AnomalyResolved):
-        row = replace(row, firing=tuple(f for f in row.firing if f != data.fingerprint))
+        s["firing"] = tuple(f for f in s["firing"] if f != data.fingerprint)
     elif isinstance(data, InvestigationStarted):
-        row = _advance(row, "investigating")
+        _advance(s, "investigating")
     elif isinstance(data, ToolRequested):
-        row = replace(row, tool_calls=row.tool_calls + 1)
+        s["tool_calls"] += 1
     elif isinstance(data, RootCauseConcluded):
+        _advance(s, "diagnosed")
         top = max(data.hypotheses, key=lambda h: h.confidence, default=None)
-        row = _advance(row, "diagnosed")
         if top is not None:
-            row = replace(row, root_cause=top.cause, root_cause_confidence=top.confidence)
+            s.update(root_cause=top.cause, root_cause_confidence=top.confidence)
     elif isinstance(data, SagaStarted):
-        row = _advance(row, "remediating")
-    elif isinstance(data, IncidentAcknowledged) and row.acknowledged_at is None:
-        row = replace(row, acknowledged_at=event.occurred_at, acknowledged_by=data.by)
+        _advance(s, "remediating")
+    elif isinstance(data, IncidentAcknowledged) and s["acknowledged_at"] is None:
+        s.update(acknowledged_at=event.occurred_at, acknowledged_by=data.by)
     elif isinstance(data, IncidentResolved):
-        row = replace(row, status="resolved", resolved_at=event.occurred_at, resolution=data.how)
-    return row
+        s.update(status="resolved", resolved_at=event.occurred_at, resolution=data.how)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +247,6 @@ def _json(value: Any) -> str:
 class Touched:
     """The rows one batch changes, keyed like the tables' primary keys."""
 
-    incidents: dict[str, IncidentRow] = field(default_factory=dict)
+    incidents: dict[tuple[str], IncidentRow] = field(default_factory=dict)
     tool_calls: dict[tuple[str, str], ToolCallRow] = field(default_factory=dict)
     saga_steps: dict[tuple[str, int], SagaStepRow] = field(default_factory=dict)

@@ -5,7 +5,7 @@ are written in one transaction, so a crash at any point neither loses nor double
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from eventlog.deadletter import DeadLetter
 from eventlog.envelope import Event
+from eventlog.payloads import SagaStepStarted, ToolRequested
 from eventlog.readmodels import (
     SAGA_STEP_EVENTS,
     TOOL_EVENTS,
@@ -22,18 +23,23 @@ from eventlog.readmodels import (
     SagaStepRow,
     ToolCallRow,
     Touched,
-    apply_incident,
     apply_saga_step,
     apply_tool_call,
+    fold_incident,
 )
 from eventlog.schema import create_schema, database_id
 
-INSERT_EVENTS = """
+ENVELOPE_SHAPE = (
+    '{"id": "UUID", "type": "VARCHAR", "incident_id": "VARCHAR", "occurred_at": "TIMESTAMPTZ",'
+    ' "source": "VARCHAR", "causation_id": "UUID", "correlation_id": "UUID",'
+    ' "schema_version": "INTEGER", "data": "JSON"}'
+)
+# from_json parses each envelope once (->> per field would parse it ten times).
+INSERT_EVENTS = f"""
 INSERT OR IGNORE INTO events
-SELECT seq, (raw->>'id')::UUID, raw->>'type', raw->>'incident_id',
-       (raw->>'occurred_at')::TIMESTAMPTZ, raw->>'source', (raw->>'causation_id')::UUID,
-       (raw->>'correlation_id')::UUID, (raw->>'schema_version')::INTEGER, raw->'data'
-FROM (SELECT seq, raw::JSON AS raw FROM staged_events)
+SELECT seq, e.id, e.type, e.incident_id, e.occurred_at, e.source, e.causation_id,
+       e.correlation_id, e.schema_version, e.data
+FROM (SELECT seq, from_json(raw, '{ENVELOPE_SHAPE}') AS e FROM staged_events)
 RETURNING seq
 """
 
@@ -132,36 +138,54 @@ class ProjectionStore:
         if not events:
             return
         touched = Touched()
-        incident_ids = {e.incident_id for e in events}
-        touched.incidents = {
-            r.incident_id: r
-            for r in _load(cur, "incidents", IncidentRow, "incident_id", incident_ids)
-        }
-        tool_events = [e for e in events if isinstance(e.data, TOOL_EVENTS)]
-        saga_events = [e for e in events if isinstance(e.data, SAGA_STEP_EVENTS)]
-        if tool_events:
-            touched.tool_calls = {
-                (r.incident_id, r.tool_call_id): r
-                for r in _load(cur, "tool_calls", ToolCallRow, "incident_id", incident_ids)
-            }
-        if saga_events:
-            sagas = {e.data.saga_id for e in saga_events}  # type: ignore[attr-defined]
-            touched.saga_steps = {
-                (r.saga_id, r.step): r
-                for r in _load(cur, "saga_steps", SagaStepRow, "saga_id", sagas)
-            }
+        by_incident: dict[str, list[tuple[Event, int]]] = {}
         for event, seq in zip(events, seqs, strict=True):
-            inc = touched.incidents.get(event.incident_id)
-            touched.incidents[event.incident_id] = apply_incident(inc, event, seq)
-        for event in tool_events:
-            key = (event.incident_id, event.data.tool_call_id)  # type: ignore[attr-defined]
-            touched.tool_calls[key] = apply_tool_call(touched.tool_calls.get(key), event)
-        for event in saga_events:
-            skey = (event.data.saga_id, event.data.step)  # type: ignore[attr-defined]
-            touched.saga_steps[skey] = apply_saga_step(touched.saga_steps.get(skey), event)
-        _upsert(cur, "incidents", IncidentRow, touched.incidents.values())
-        _upsert(cur, "tool_calls", ToolCallRow, touched.tool_calls.values())
-        _upsert(cur, "saga_steps", SagaStepRow, touched.saga_steps.values())
+            by_incident.setdefault(event.incident_id, []).append((event, seq))
+        touched.incidents = _load(cur, "incidents", IncidentRow, ("incident_id",), by_incident)
+        stored_incidents = set(touched.incidents)
+        for incident_id, items in by_incident.items():
+            before = touched.incidents.get((incident_id,))
+            touched.incidents[(incident_id,)] = fold_incident(before, items)
+
+        tools = _group(events, TOOL_EVENTS, lambda e: (e.incident_id, e.data.tool_call_id))
+        touched.tool_calls = _load(
+            cur, "tool_calls", ToolCallRow, ("incident_id", "tool_call_id"),
+            _existing(tools, ToolRequested),
+        )  # fmt: skip
+        stored_tools = set(touched.tool_calls)
+        for key, evs in tools.items():
+            for event in evs:
+                touched.tool_calls[key] = apply_tool_call(touched.tool_calls.get(key), event)
+
+        steps = _group(events, SAGA_STEP_EVENTS, lambda e: (e.data.saga_id, e.data.step))
+        touched.saga_steps = _load(
+            cur, "saga_steps", SagaStepRow, ("saga_id", "step"), _existing(steps, SagaStepStarted)
+        )
+        stored_steps = set(touched.saga_steps)
+        for key, evs in steps.items():
+            for event in evs:
+                touched.saga_steps[key] = apply_saga_step(touched.saga_steps.get(key), event)
+
+        _save(cur, "incidents", IncidentRow, touched.incidents, stored_incidents)
+        _save(cur, "tool_calls", ToolCallRow, touched.tool_calls, stored_tools)
+        _save(cur, "saga_steps", SagaStepRow, touched.saga_steps, stored_steps)
+
+
+def _group(
+    events: Sequence[Event], types: tuple[type, ...], key: Callable[[Any], tuple[Any, ...]]
+) -> dict[tuple[Any, ...], list[Event]]:
+    groups: dict[tuple[Any, ...], list[Event]] = {}
+    for event in events:
+        if isinstance(event.data, types):
+            groups.setdefault(key(event), []).append(event)
+    return groups
+
+
+def _existing(
+    groups: dict[tuple[Any, ...], list[Event]], created_by: type
+) -> list[tuple[Any, ...]]:
+    """Keys whose row may already be stored: those this batch does not create itself."""
+    return [k for k, evs in groups.items() if not isinstance(evs[0].data, created_by)]
 
 
 def _dead_letter_values(d: DeadLetter) -> tuple[Any, ...]:
@@ -174,26 +198,48 @@ def _columns(row_type: type) -> list[str]:
 
 
 def _load(
-    cur: duckdb.DuckDBPyConnection, table: str, row_type: type, key: str, keys: Iterable[Any]
-) -> list[Any]:
+    cur: duckdb.DuckDBPyConnection,
+    table: str,
+    row_type: type,
+    key_cols: tuple[str, ...],
+    keys: Iterable[tuple[Any, ...]] | dict[str, Any],
+) -> dict[tuple[Any, ...], Any]:
+    """The stored rows for exactly these keys (a join on a staged key table)."""
+    wanted = [k if isinstance(k, tuple) else (k,) for k in keys]
+    if not wanted:
+        return {}
     cols = _columns(row_type)
+    staged = pa.table({c: [k[i] for k in wanted] for i, c in enumerate(key_cols)})
+    cur.register("staged_keys", staged)
+    select = ", ".join(f"t.{c}" for c in cols)
     rows = cur.execute(
-        f"SELECT {', '.join(cols)} FROM {table} WHERE {key} IN (SELECT unnest(?))",
-        [list(keys)],
+        f"SELECT {select} FROM {table} t JOIN staged_keys USING ({', '.join(key_cols)})"
     ).fetchall()
-    out = []
+    cur.unregister("staged_keys")
+    out = {}
     for values in rows:
         record = dict(zip(cols, values, strict=True))
         if "firing" in record:
             record["firing"] = tuple(record["firing"])
-        out.append(row_type(**record))
+        out[tuple(record[c] for c in key_cols)] = row_type(**record)
     return out
 
 
-def _upsert(
-    cur: duckdb.DuckDBPyConnection, table: str, row_type: type, rows: Iterable[Any]
+def _save(
+    cur: duckdb.DuckDBPyConnection,
+    table: str,
+    row_type: type,
+    rows: dict[tuple[Any, ...], Any],
+    stored: set[tuple[Any, ...]],
 ) -> None:
-    rows = list(rows)
+    """New rows are inserted; only rows that were stored before are replaced (slower)."""
+    _write(cur, "INSERT", table, row_type, [r for k, r in rows.items() if k not in stored])
+    _write(cur, "INSERT OR REPLACE", table, row_type, [r for k, r in rows.items() if k in stored])
+
+
+def _write(
+    cur: duckdb.DuckDBPyConnection, verb: str, table: str, row_type: type, rows: list[Any]
+) -> None:
     if not rows:
         return
     cols = _columns(row_type)
@@ -201,5 +247,5 @@ def _upsert(
     name = f"staged_{table}"
     cur.register(name, staged)
     names = ", ".join(cols)
-    cur.execute(f"INSERT OR REPLACE INTO {table} ({names}) SELECT {names} FROM {name}")
+    cur.execute(f"{verb} INTO {table} ({names}) SELECT {names} FROM {name}")
     cur.unregister(name)
