@@ -65,6 +65,21 @@ class Projector:
             ),
         )
 
+    async def catch_up(self, targets: dict[str, int]) -> None:
+        """Run until each stream is applied up to its target sequence, then stop."""
+
+        async def reached() -> None:
+            for stream, seq in targets.items():
+                await self.wait_for(seq, stream)
+
+        stop = asyncio.Event()
+        runner = asyncio.create_task(self.run(stop))
+        waiter = asyncio.create_task(reached())
+        await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        waiter.cancel()
+        await runner  # raises what stopped the projector early, if anything did
+
     async def wait_for(self, seq: int, stream: str = EVENTS_STREAM) -> None:
         """Return once the file holds everything up to stream sequence `seq`."""
         async with self.applied:

@@ -19,6 +19,7 @@ from eventlog.payloads import (
     AnomalyDetected,
     AnomalyPredicted,
     AnomalyResolved,
+    ChangeRecorded,
     CompensationFailed,
     CompensationStarted,
     CompensationSucceeded,
@@ -77,7 +78,9 @@ def _worse(a: str | None, b: str | None) -> str | None:
     return a if SEVERITY_RANK.get(a, -1) >= SEVERITY_RANK.get(b, -1) else b
 
 
-def fold_incident(row: IncidentRow | None, events: Iterable[tuple[Event, int]]) -> IncidentRow:
+def fold_incident(
+    row: IncidentRow | None, events: Iterable[tuple[Event, int]]
+) -> IncidentRow | None:
     """The incident after `events` (each with its stream sequence); `row` is what came before.
 
     The fold works on one mutable copy per call, not a new row per event: the projector
@@ -85,11 +88,12 @@ def fold_incident(row: IncidentRow | None, events: Iterable[tuple[Event, int]]) 
     """
     state: dict[str, Any] | None = None if row is None else _as_state(row)
     for event, seq in events:
+        if isinstance(event.data, ChangeRecorded):
+            continue  # a fact about a service, not part of an incident's story
         if state is None:
             state = _opened_by(event)
         _apply_incident(state, event, seq)
-    assert state is not None, "fold_incident needs a row or at least one event"
-    return IncidentRow(**state)
+    return None if state is None else IncidentRow(**state)
 
 
 def _as_state(row: IncidentRow) -> dict[str, Any]:

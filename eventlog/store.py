@@ -144,8 +144,9 @@ class ProjectionStore:
         touched.incidents = _load(cur, "incidents", IncidentRow, ("incident_id",), by_incident)
         stored_incidents = set(touched.incidents)
         for incident_id, items in by_incident.items():
-            before = touched.incidents.get((incident_id,))
-            touched.incidents[(incident_id,)] = fold_incident(before, items)
+            after = fold_incident(touched.incidents.get((incident_id,)), items)
+            if after is not None:
+                touched.incidents[(incident_id,)] = after
 
         tools = _group(events, TOOL_EVENTS, lambda e: (e.incident_id, e.data.tool_call_id))
         touched.tool_calls = _load(

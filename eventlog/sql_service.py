@@ -1,0 +1,79 @@
+"""SQL over the bus: the process that holds the DuckDB file answers read-only queries.
+
+DuckDB 2.0 lets one process hold a database file (even a read-only open from a second process
+fails), so while `vigil up` runs, `vigil sql` asks it over NATS request/reply instead of
+opening the file. The subject carries the file's id, so several Vigils on one NATS never answer
+for each other. It is a NATS micro service: `nats micro ls` shows it with its stats.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import orjson
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+from pydantic import BaseModel, Field
+
+from eventlog.sql import DEFAULT_MAX_ROWS, QueryResult, SqlError, SqlRefused, query
+
+SQL_SUBJECT_PREFIX = "vigil.sql"
+
+
+class SqlRequest(BaseModel):
+    sql: str
+    max_rows: int = Field(default=DEFAULT_MAX_ROWS, ge=1)
+
+
+class SqlReply(BaseModel):
+    result: QueryResult | None = None
+    error: str | None = None
+    refused: bool = False
+
+
+def sql_subject(db_id: str) -> str:
+    return f"{SQL_SUBJECT_PREFIX}.{db_id}"
+
+
+async def serve_sql(
+    nc: NATS, con: duckdb.DuckDBPyConnection, db_id: str, *, timeout: float = 30.0
+) -> Service:
+    async def handle(request: Request) -> None:
+        try:
+            ask = SqlRequest.model_validate_json(request.data)
+            result = await query(con, ask.sql, max_rows=ask.max_rows, timeout=timeout)
+            reply = SqlReply(result=result)
+        except SqlError as exc:
+            reply = SqlReply(error=str(exc), refused=isinstance(exc, SqlRefused))
+        except ValueError as exc:
+            reply = SqlReply(error=f"bad request: {exc}")
+        await request.respond(orjson.dumps(reply.model_dump(mode="json")))
+
+    service = await add_service(
+        nc, name="vigil-sql", version="0.1.0", description="read-only SQL on the read model"
+    )
+    await service.add_endpoint(name="query", subject=sql_subject(db_id), handler=handle)
+    return service
+
+
+async def request_sql(
+    nc: NATS, subject: str, sql: str, *, max_rows: int = DEFAULT_MAX_ROWS, timeout: float = 35.0
+) -> QueryResult:
+    """Ask the running service; raises SqlError (or SqlRefused) with its message."""
+    payload = SqlRequest(sql=sql, max_rows=max_rows).model_dump_json().encode()
+    try:
+        msg = await nc.request(subject, payload, timeout=timeout)
+    except NoRespondersError:
+        raise SqlError(
+            "no running Vigil answers for this data dir (is `vigil up` running?)"
+        ) from None
+    except NatsTimeoutError:
+        raise SqlError(f"the running Vigil did not answer within {timeout:g}s") from None
+    reply = SqlReply.model_validate_json(msg.data)
+    if reply.error is not None:
+        raise (SqlRefused if reply.refused else SqlError)(reply.error)
+    assert reply.result is not None
+    return reply.result

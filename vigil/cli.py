@@ -1,0 +1,225 @@
+"""The `vigil` command line: run the service or one role, query it, rebuild it, demo it."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import duckdb
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from eventlog.publisher import EventPublisher
+from eventlog.replay import replay
+from eventlog.sql import QueryResult, SqlError, run_read_only
+from eventlog.sql_service import request_sql
+from eventlog.store import open_database
+from eventlog.stream import connect
+from vigil.app import broker, bus, run_projector, stop_on_signals
+from vigil.broker import BrokerError
+from vigil.runtime import read_runtime
+from vigil.settings import Settings
+
+app = typer.Typer(help="Vigil: incident response from Prometheus alerts, every step an event.")
+console = Console()
+err = Console(stderr=True)
+Format = Literal["table", "json", "csv"]
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise CliError(f"setting VIGIL_{field.upper()}: {first['msg']}") from None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+@app.command()
+def up() -> None:
+    """Run every role in one process (with an embedded nats-server unless VIGIL_NATS_URL)."""
+    cfg = settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        async with broker(cfg) as (url, embedded):
+            where = f"embedded, store {cfg.nats_store_dir}" if embedded else "external"
+            console.print(f"NATS   {url} ({where})")
+            console.print(f"DuckDB {cfg.db_path}")
+            await run_projector(cfg, url, stop, on_ready=lambda: console.print("vigil is up"))
+        console.print("vigil stopped")
+
+    asyncio.run(main())
+
+
+@app.command()
+def projector() -> None:
+    """Run the projector (and its SQL service) alone against VIGIL_NATS_URL."""
+    cfg = settings()
+    if not cfg.nats_url:
+        raise CliError("VIGIL_NATS_URL is required: the projector joins an existing NATS")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        assert cfg.nats_url
+        await run_projector(cfg, cfg.nats_url, stop, on_ready=lambda: console.print("projecting"))
+
+    asyncio.run(main())
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="one read-only statement")],
+    fmt: Annotated[Format, typer.Option("--format", "-f")] = "table",
+    max_rows: Annotated[int, typer.Option(min=1)] = 10_000,
+) -> None:
+    """Query the read model; works whether or not `vigil up` is running."""
+    result = run_sql(settings(), query, max_rows)
+    print_result(result, fmt)
+
+
+def run_sql(cfg: Settings, query: str, max_rows: int) -> QueryResult:
+    path = cfg.db_path
+    if not path.exists():
+        raise CliError(f"no database at {path}: run `vigil up` or `vigil replay` first")
+    try:
+        con = open_database(path, read_only=True)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc):
+            raise CliError(f"cannot open {path}: {exc}") from None
+        return asyncio.run(sql_via_bus(cfg, query, max_rows))
+    try:
+        return run_read_only(con, query, max_rows=max_rows)
+    finally:
+        con.close()
+
+
+async def sql_via_bus(cfg: Settings, query: str, max_rows: int) -> QueryResult:
+    """The file is held by a running Vigil: ask it over NATS."""
+    runtime = read_runtime(cfg.data_dir)
+    if runtime is None:
+        raise CliError(f"{cfg.db_path} is locked by another process that is not a running Vigil")
+    nc = await connect(cfg.nats_url or runtime.nats_url, name="vigil-sql")
+    try:
+        return await request_sql(nc, runtime.sql_subject, query, max_rows=max_rows)
+    finally:
+        await nc.close()
+
+
+def print_result(result: QueryResult, fmt: Format) -> None:
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(result.records()).decode() + "\n")
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table(*result.columns)
+        for row in result.rows:
+            table.add_row(*(_cell(v) for v in row))
+        console.print(table)
+    if result.truncated:
+        err.print(f"(only the first {len(result.rows)} rows; raise --max-rows for more)")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+@app.command("replay")
+def replay_cmd(
+    output: Annotated[
+        Path | None, typer.Option(help="write here instead of replacing the data dir's file")
+    ] = None,
+) -> None:
+    """Rebuild the DuckDB file from the stream, from sequence 1."""
+    cfg = settings()
+    target = output or cfg.db_path
+    if output is None and target.exists():
+        try:
+            open_database(target, read_only=True).close()
+        except duckdb.IOException:
+            raise CliError(
+                f"{target} is in use (is `vigil up` running?): stop it, or pass --output PATH"
+            ) from None
+
+    async def main() -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        async with broker(cfg) as (url, _), bus(cfg, url, "vigil-replay") as nc:
+            with console.status("replaying the stream into DuckDB"):
+                report = await replay(nc.jetstream(), target, batch=cfg.projector_batch)
+        console.print(
+            f"replayed {report.events} events ({report.dead_letters} dead letters) "
+            f"up to sequence {report.last_seq} into {report.path}"
+        )
+
+    asyncio.run(main())
+
+
+@app.command()
+def demo() -> None:
+    """Tell one incident as events through the real broker, projector and SQL."""
+    from vigil.demo import DEMO_QUERIES, demo_incident
+
+    cfg = settings()
+
+    async def main() -> None:
+        async with broker(cfg) as (url, _):
+            stop = asyncio.Event()
+            ready = asyncio.Event()
+            roles = asyncio.create_task(run_projector(cfg, url, stop, on_ready=ready.set))
+            await ready.wait()
+            async with bus(cfg, url, "vigil-demo") as nc:
+                story = demo_incident()
+                acks = await EventPublisher(nc.jetstream()).publish_many(story)
+                console.print(f"appended {len(story)} events to VIGIL_EVENTS (NATS {url})")
+                with console.status("projecting into DuckDB"):
+                    await wait_projected(cfg, acks[-1].seq)
+                for title, query in DEMO_QUERIES.items():
+                    console.rule(title)
+                    print_result(await sql_via_bus(cfg, query, 100), "table")
+            stop.set()
+            await roles
+        console.print(f'query it yourself: vigil sql "SELECT * FROM incidents" ({cfg.db_path})')
+
+    asyncio.run(main())
+
+
+async def wait_projected(cfg: Settings, seq: int) -> None:
+    """Poll the running projector over the bus until it has applied `seq`."""
+    query = "SELECT last_seq FROM projector_checkpoints WHERE stream = 'VIGIL_EVENTS'"
+    for _ in range(600):
+        result = await sql_via_bus(cfg, query, 1)
+        if result.rows and result.rows[0][0] >= seq:
+            return
+        await asyncio.sleep(0.05)
+    raise CliError(f"the projector did not reach sequence {seq} within 30s")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except (CliError, SqlError, BrokerError) as exc:
+        err.print(f"vigil: {exc}", markup=False, highlight=False)
+        raise SystemExit(2) from None

@@ -1,0 +1,83 @@
+"""One settings class: environment variables with the VIGIL_ prefix, then an optional YAML file.
+
+The YAML file is named by VIGIL_CONFIG; its keys are the field names (`nats_url: ...`).
+Environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="forbid")
+
+    nats_url: str | None = Field(
+        default=None,
+        description="nats://host:4222, or several comma-separated servers of a cluster; "
+        "unset: `vigil up` runs an embedded nats-server",
+    )
+    nats_port: int = Field(default=0, ge=0, le=65535, description="embedded broker; 0 = free")
+    nats_sync_always: bool = Field(
+        default=False, description="embedded broker fsyncs every write (slower, see docs)"
+    )
+    data_dir: Path = Path(".vigil")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    prometheus_url: str | None = None
+    alertmanager_url: str | None = None
+    model: str = "builtin"
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window_seconds: float = Field(default=120.0, gt=0)
+    projector_batch: int = Field(default=1000, ge=1, le=10_000)
+    sql_timeout_seconds: float = Field(default=30.0, gt=0)
+    sql_max_rows: int = Field(default=10_000, ge=1)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _servers_are_urls(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for server in value.split(","):
+            if "://" not in server.strip():
+                raise ValueError(f"{server.strip()!r} is not a URL like nats://host:4222")
+        return value
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "vigil.duckdb"
+
+    @property
+    def nats_store_dir(self) -> Path:
+        return self.data_dir / "nats"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("VIGIL_CONFIG")
+        if config:
+            if not Path(config).is_file():
+                raise ValueError(f"VIGIL_CONFIG={config}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)
