@@ -36,7 +36,9 @@ class DeadLetter(BaseModel):
         return base64.b64decode(self.payload_b64)
 
 
-def dead_letter_for(msg: Msg, *, consumer: str, reason: str) -> DeadLetter:
+def dead_letter_for(
+    msg: Msg, *, consumer: str, reason: str, at: datetime | None = None
+) -> DeadLetter:
     meta = msg.metadata
     return DeadLetter(
         consumer=consumer,
@@ -45,7 +47,7 @@ def dead_letter_for(msg: Msg, *, consumer: str, reason: str) -> DeadLetter:
         subject=msg.subject,
         reason=reason,
         deliveries=meta.num_delivered,
-        recorded_at=datetime.now(UTC),
+        recorded_at=at or datetime.now(UTC),
         payload_b64=base64.b64encode(msg.data).decode(),
     )
 

@@ -10,6 +10,7 @@ skipped, and the events table's unique id absorbs a re-published event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,9 +20,9 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from eventlog.deadletter import DeadLetter, dead_letter_for, record_dead_letter
+from eventlog.deadletter import DeadLetter, dead_letter_for
 from eventlog.envelope import MalformedEvent, parse_event
 from eventlog.store import ProjectionStore, StoredMessage
 from eventlog.stream import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, EVENTS_STREAM
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # An abandoned projector consumer (its DuckDB file deleted) is removed by the server.
 CONSUMER_INACTIVE_THRESHOLD = 24 * 3600.0
+NO_LEADER_PAUSE = 0.25  # seconds between pulls while the consumer has no leader
 
 Write = Callable[[], object]
 Prepare = Callable[[str, list[Msg]], Awaitable[Write | None]]
@@ -100,6 +102,14 @@ class Projector:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
                 except (TimeoutError, NatsTimeoutError):
                     continue
+                except ServiceUnavailableError:
+                    msgs = []
+                if not msgs:
+                    # No consumer leader (its server died, an election is under way), or the
+                    # pull ended on a status such as a leadership change: pause, pull again.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), NO_LEADER_PAUSE)
+                    continue
                 # At or below `handed`: applied already (or being applied), delivered again.
                 fresh = [m for m in msgs if m.metadata.sequence.stream > handed]
                 write = await prepare(stream, fresh) if fresh else None
@@ -150,17 +160,21 @@ class Projector:
     async def _prepare_events(self, stream: str, msgs: list[Msg]) -> Write:
         batch: list[StoredMessage] = []
         for msg in msgs:
+            meta = msg.metadata
             try:
                 event = parse_event(msg.data)
                 if event.subject != msg.subject:
                     raise MalformedEvent(f"subject {msg.subject} does not match {event.subject}")
             except MalformedEvent as exc:
-                # Kept, with the reason, before the checkpoint moves past it.
-                await record_dead_letter(
-                    self.js, dead_letter_for(msg, consumer=self.durable, reason=exc.reason)
+                # Kept in dead_letters in the batch's transaction, stamped with the message's
+                # own time, so a replay finds and records exactly the same.
+                dead = dead_letter_for(
+                    msg, consumer="projector", reason=exc.reason, at=meta.timestamp
                 )
-                event = None
-            batch.append(StoredMessage(msg.metadata.sequence.stream, msg.data, event))
+                log.error("unreadable event at %s seq %d: %s", stream, meta.sequence.stream, exc)
+                batch.append(StoredMessage(meta.sequence.stream, msg.data, None, dead))
+                continue
+            batch.append(StoredMessage(meta.sequence.stream, msg.data, event))
         return functools.partial(self.store.apply_events, stream, batch)
 
     async def _prepare_dead_letters(self, stream: str, msgs: list[Msg]) -> Write | None:

@@ -73,15 +73,15 @@ CREATE TABLE IF NOT EXISTS saga_steps (
     PRIMARY KEY (saga_id, step)
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
-    dlq_seq     BIGINT PRIMARY KEY,  -- sequence in VIGIL_DEAD_LETTERS
-    consumer    VARCHAR NOT NULL,
-    stream      VARCHAR NOT NULL,
+    stream      VARCHAR NOT NULL,    -- where the message was
     stream_seq  BIGINT NOT NULL,
+    consumer    VARCHAR NOT NULL,    -- who gave up on it ('projector' for unreadable events)
     subject     VARCHAR NOT NULL,
     reason      VARCHAR NOT NULL,
     deliveries  INTEGER NOT NULL,
     recorded_at TIMESTAMPTZ NOT NULL,
-    payload     VARCHAR NOT NULL     -- base64 of the message body
+    payload     VARCHAR NOT NULL,    -- base64 of the message body
+    PRIMARY KEY (stream, stream_seq, consumer)
 );
 CREATE TABLE IF NOT EXISTS projector_checkpoints (
     stream   VARCHAR PRIMARY KEY,

@@ -56,6 +56,7 @@ async def serve_sql(
         nc, name="vigil-sql", version="0.1.0", description="read-only SQL on the read model"
     )
     await service.add_endpoint(name="query", subject=sql_subject(db_id), handler=handle)
+    await nc.flush()  # the server knows the subscription before anyone is told we are ready
     return service
 
 

@@ -46,11 +46,12 @@ RETURNING seq
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """One stream message as the projector applies it: `event` is None for a dead letter."""
+    """One stream message as the projector applies it; `dead` is set when it is unreadable."""
 
     seq: int
     raw: bytes
     event: Event | None
+    dead: DeadLetter | None = None
 
 
 def open_database(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -102,6 +103,7 @@ class ProjectionStore:
             new = [m.event for m in batch if m.seq in inserted and m.event is not None]
             seqs = [m.seq for m in batch if m.seq in inserted]
             self._fold(cur, new, seqs)
+            _insert_dead_letters(cur, [m.dead for m in batch if m.dead is not None])
             self._checkpoint(cur, stream, batch[-1].seq)
             cur.commit()
             self._last_seq[stream] = batch[-1].seq
@@ -116,10 +118,7 @@ class ProjectionStore:
         cur = self.con.cursor()
         try:
             cur.begin()
-            cur.executemany(
-                "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(seq, *_dead_letter_values(d)) for seq, d in batch],
-            )
+            _insert_dead_letters(cur, [letter for _, letter in batch])
             self._checkpoint(cur, stream, batch[-1][0])
             cur.commit()
             self._last_seq[stream] = batch[-1][0]
@@ -189,9 +188,16 @@ def _existing(
     return [k for k, evs in groups.items() if not isinstance(evs[0].data, created_by)]
 
 
-def _dead_letter_values(d: DeadLetter) -> tuple[Any, ...]:
-    return (d.consumer, d.stream, d.stream_seq, d.subject, d.reason, d.deliveries,
-            d.recorded_at, d.payload_b64)  # fmt: skip
+def _insert_dead_letters(cur: duckdb.DuckDBPyConnection, letters: Sequence[DeadLetter]) -> None:
+    if letters:
+        cur.executemany(
+            "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (d.stream, d.stream_seq, d.consumer, d.subject, d.reason, d.deliveries,
+                 d.recorded_at, d.payload_b64)
+                for d in letters
+            ],
+        )  # fmt: skip
 
 
 def _columns(row_type: type) -> list[str]:

@@ -51,7 +51,10 @@ async def bus(settings: Settings, url: str, name: str) -> AsyncIterator[NATS]:
         )
         yield nc
     finally:
-        await nc.drain()
+        if nc.is_connected:
+            await nc.drain()
+        else:
+            await nc.close()  # broker gone: nothing in flight can be delivered anyway
 
 
 async def run_projector(

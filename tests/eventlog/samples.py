@@ -1,0 +1,86 @@
+"""One valid payload per event type, and small builders for test stories."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from eventlog.envelope import Event, new_event
+from eventlog.payloads import (
+    AgentStep,
+    AnomalyDetected,
+    AnomalyPredicted,
+    AnomalyResolved,
+    ChangeRecorded,
+    CompensationFailed,
+    CompensationStarted,
+    CompensationSucceeded,
+    Hypothesis,
+    IncidentAcknowledged,
+    IncidentResolved,
+    InvestigationStarted,
+    NotificationSent,
+    Payload,
+    RemediationAction,
+    RemediationApproved,
+    RemediationProposed,
+    RemediationRejected,
+    RootCauseConcluded,
+    SagaCompensated,
+    SagaCompleted,
+    SagaStarted,
+    SagaStepFailed,
+    SagaStepStarted,
+    SagaStepSucceeded,
+    ToolCompleted,
+    ToolFailed,
+    ToolRequested,
+    VerificationFailed,
+    VerificationPassed,
+)
+
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+STEP = RemediationAction(action="restart", params={"service": "api"}, compensation="noop")
+
+SAMPLES: list[Payload] = [
+    AnomalyDetected(origin="alertmanager", name="HighCPU", fingerprint="f1", starts_at=T0,
+                    labels={"service": "api"}, service="api", severity="critical"),
+    AnomalyResolved(origin="alertmanager", name="HighCPU", fingerprint="f1", starts_at=T0,
+                    ends_at=T0 + timedelta(minutes=5)),
+    AnomalyPredicted(name="DiskFull", fingerprint="d1", current_value=0.8, threshold=0.95,
+                     predicted_crossing_at=T0 + timedelta(hours=2), horizon_seconds=14400),
+    InvestigationStarted(model="builtin"),
+    AgentStep(turn=0, kind="request", model="builtin", messages=[{"parts": []}]),
+    ToolRequested(tool_call_id="c1", tool_name="prom_query", args={"q": "up"}),
+    ToolCompleted(tool_call_id="c1", tool_name="prom_query", result=[1, 2], duration_ms=4.5),
+    ToolFailed(tool_call_id="c2", tool_name="logs", error="timeout", timed_out=True),
+    RootCauseConcluded(summary="deploy", hypotheses=[Hypothesis(cause="deploy", confidence=0.9)]),
+    RemediationProposed(saga_id="s1", steps=[STEP], mode="approval"),
+    RemediationApproved(saga_id="s1", by="alice"),
+    RemediationRejected(saga_id="s1", by="bob", reason="no"),
+    SagaStarted(saga_id="s1", steps=[STEP]),
+    SagaStepStarted(saga_id="s1", step=0, action="restart", idempotency_key="s1/0"),
+    SagaStepSucceeded(saga_id="s1", step=0, action="restart"),
+    SagaStepFailed(saga_id="s1", step=1, action="scale", error="quota"),
+    CompensationStarted(saga_id="s1", step=0, action="restart"),
+    CompensationSucceeded(saga_id="s1", step=0, action="restart"),
+    CompensationFailed(saga_id="s1", step=0, action="restart", error="gone"),
+    VerificationPassed(saga_id="s1", check="p99 < 1s", observed=0.4),
+    VerificationFailed(saga_id="s1", check="p99 < 1s", observed=2.0),
+    SagaCompleted(saga_id="s1"),
+    SagaCompensated(saga_id="s1", reason="verification failed"),
+    NotificationSent(channel="slack", target="#incidents", milestone="opened", thread_ts="1.2"),
+    IncidentAcknowledged(by="alice"),
+    IncidentResolved(how="manual", by="alice"),
+    ChangeRecorded(service="api", description="deploy v2", changed_at=T0),
+]  # fmt: skip
+
+
+def event(data: Payload, incident: str = "inc-1", minute: float = 0.0) -> Event:
+    return new_event(
+        data, incident_id=incident, source="test", occurred_at=T0 + timedelta(minutes=minute)
+    )
+
+
+def steps(n: int, incident: str = "inc-1") -> list[Event]:
+    """n small events, as many as a test needs."""
+    return [event(AgentStep(turn=i, kind="request", model="m"), incident) for i in range(n)]

@@ -1,0 +1,183 @@
+"""The consumer helper: at-least-once handling, poison and malformed messages dead-lettered
+without blocking the rest, heartbeats for long work, and a work queue across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from eventlog.consumer import ConsumerSpec, consume
+from eventlog.deadletter import DeadLetter
+from eventlog.envelope import Event
+from eventlog.publisher import EventPublisher
+from eventlog.stream import DEAD_LETTER_STREAM, EVENTS_STREAM
+from tests.eventlog.samples import steps
+from vigil.broker import EmbeddedNats
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.asynccontextmanager
+async def consuming(
+    js: JetStreamContext, spec: ConsumerSpec, handler: Callable[[Event], Awaitable[None]]
+) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(consume(js, spec, handler, stop=stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def next_dead_letter(js: JetStreamContext) -> DeadLetter:
+    sub = await js.subscribe("vigil.dlq.>", stream=DEAD_LETTER_STREAM, ordered_consumer=True)
+    msg = await sub.next_msg(timeout=20)
+    await sub.unsubscribe()
+    return DeadLetter.model_validate(orjson.loads(msg.data))
+
+
+async def test_every_event_is_handled_and_acked(js: JetStreamContext) -> None:
+    events = steps(100)
+    seen: list[uuid.UUID] = []
+    all_seen = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        seen.append(event.id)
+        if len(seen) == len(events):
+            all_seen.set()
+
+    spec = ConsumerSpec(durable="t-all", filter_subject="vigil.evt.>")
+    async with consuming(js, spec, handle):
+        await EventPublisher(js).publish_many(events)
+        await asyncio.wait_for(all_seen.wait(), 20)
+    assert sorted(seen) == sorted(e.id for e in events)
+    info = await js.consumer_info(EVENTS_STREAM, "t-all")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_poison_event_is_dead_lettered_and_the_rest_flow(js: JetStreamContext) -> None:
+    events = steps(20)
+    poison = events[3]
+    attempts: list[uuid.UUID] = []
+    handled: set[uuid.UUID] = set()
+    rest_done = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        attempts.append(event.id)
+        if event.id == poison.id:
+            raise RuntimeError("cannot handle this one")
+        handled.add(event.id)
+        if len(handled) == len(events) - 1:
+            rest_done.set()
+
+    spec = ConsumerSpec(
+        durable="t-poison", filter_subject="vigil.evt.>", max_deliver=3, retry_backoff=0.05
+    )
+    async with consuming(js, spec, handle):
+        await EventPublisher(js).publish_many(events)
+        letter = await next_dead_letter(js)
+        await asyncio.wait_for(rest_done.wait(), 20)
+    assert attempts.count(poison.id) == 3
+    assert letter.consumer == "t-poison"
+    assert letter.stream_seq == 4
+    assert letter.deliveries == 3
+    assert "cannot handle this one" in letter.reason
+    assert orjson.loads(letter.payload())["id"] == str(poison.id)
+
+
+async def test_a_malformed_message_is_dead_lettered_at_once(nc: NATS, js: JetStreamContext) -> None:
+    good = steps(5)
+    handled: list[uuid.UUID] = []
+    done = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        handled.append(event.id)
+        if len(handled) == len(good):
+            done.set()
+
+    spec = ConsumerSpec(durable="t-bad", filter_subject="vigil.evt.>", max_deliver=5)
+    async with consuming(js, spec, handle):
+        await js.publish("vigil.evt.inc-1.AgentStep", b'{"type": "AgentStep", "oops": 1}')
+        await EventPublisher(js).publish_many(good)
+        letter = await next_dead_letter(js)
+        await asyncio.wait_for(done.wait(), 20)
+    assert letter.deliveries == 1  # no retries for what can never parse
+    assert letter.reason.startswith("malformed event:")
+    assert "data: Field required" in letter.reason
+    assert handled == [e.id for e in good]
+
+
+async def test_long_work_keeps_its_message_with_in_progress(js: JetStreamContext) -> None:
+    deliveries = 0
+    finished = asyncio.Event()
+
+    async def slow(event: Event) -> None:
+        nonlocal deliveries
+        deliveries += 1
+        await asyncio.sleep(3.5)  # the work itself: longer than ack_wait
+        finished.set()
+
+    spec = ConsumerSpec(durable="t-slow", filter_subject="vigil.evt.>", ack_wait=1.0)
+    async with consuming(js, spec, slow):
+        await EventPublisher(js).publish_many(steps(1))
+        await asyncio.wait_for(finished.wait(), 20)
+    info = await js.consumer_info(EVENTS_STREAM, "t-slow")
+    assert deliveries == 1
+    assert info.num_redelivered == 0
+    assert info.ack_floor.stream_seq == 1
+
+
+@pytest.mark.timeout(90)
+async def test_two_processes_share_one_durable_and_split_the_work(
+    nats_server: EmbeddedNats, nc: NATS, js: JetStreamContext
+) -> None:
+    handled: dict[str, list[str]] = {"w1": [], "w2": []}
+    ready: set[str] = set()
+    all_ready = asyncio.Event()
+    total = 400
+    all_handled = asyncio.Event()
+
+    async def on_ready(msg: object) -> None:
+        ready.add(msg.subject.rsplit(".", 1)[1])  # type: ignore[attr-defined]
+        if len(ready) == 2:
+            all_ready.set()
+
+    async def on_handled(msg: object) -> None:
+        handled[msg.subject.rsplit(".", 1)[1]].append(msg.data.decode())  # type: ignore[attr-defined]
+        if sum(len(v) for v in handled.values()) >= total:
+            all_handled.set()
+
+    await nc.subscribe("test.ready.*", cb=on_ready)
+    await nc.subscribe("test.handled.*", cb=on_handled)
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.eventlog.workqueue_worker", nats_server.url, name,
+            cwd=REPO,
+        )
+        for name in ("w1", "w2")
+    ]  # fmt: skip
+    try:
+        await asyncio.wait_for(all_ready.wait(), 30)
+        events = steps(total)
+        await EventPublisher(js).publish_many(events)
+        await asyncio.wait_for(all_handled.wait(), 60)
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            await w.wait()
+    one, two = set(handled["w1"]), set(handled["w2"])
+    assert one | two == {str(e.id) for e in events}
+    assert not one & two, "a message was handled by both processes"
+    assert len(handled["w1"]) + len(handled["w2"]) == total  # and none twice by one
+    assert one and two, "both processes took a share of the work"
