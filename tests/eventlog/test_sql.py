@@ -1,0 +1,168 @@
+"""Read-only SQL: what analysts may run, what is refused, and the same answers over the bus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+from nats.aio.client import Client as NATS
+
+from eventlog.sql import SqlError, SqlRefused, query, run_read_only
+from eventlog.sql_service import request_sql, serve_sql, sql_subject
+from eventlog.store import ProjectionStore, StoredMessage, open_database
+from tests.eventlog.samples import steps
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[ProjectionStore]:
+    """A DuckDB file holding 30 projected events."""
+    s = ProjectionStore(db_path)
+    batch = [StoredMessage(i + 1, e.to_json(), e) for i, e in enumerate(steps(30))]
+    s.apply_events("VIGIL_EVENTS", batch)
+    yield s
+    s.close()
+
+
+SECRET = "/etc/hostname"
+
+REFUSED = {
+    "insert": "INSERT INTO incidents (incident_id) VALUES ('x')",
+    "update": "UPDATE incidents SET status = 'resolved'",
+    "delete": "DELETE FROM events",
+    "drop": "DROP TABLE events",
+    "create": "CREATE TABLE mine AS SELECT 1",
+    "attach": "ATTACH '/tmp/other.duckdb' AS other",
+    "detach": "DETACH other",
+    "copy to": "COPY events TO '/tmp/events.csv'",
+    "copy from": "COPY events FROM '/tmp/events.csv'",
+    "export": "EXPORT DATABASE '/tmp/dump'",
+    "read_csv": f"SELECT * FROM read_csv('{SECRET}')",
+    "read_csv_auto": f"SELECT * FROM read_csv_auto('{SECRET}')",
+    "read_parquet": "SELECT * FROM read_parquet('/tmp/x.parquet')",
+    "read_json": f"SELECT * FROM read_json('{SECRET}')",
+    "read_text": f"SELECT * FROM read_text('{SECRET}')",
+    "glob": "SELECT * FROM glob('/etc/*')",
+    "in a cte": f"WITH x AS (SELECT * FROM read_csv('{SECRET}')) SELECT * FROM x",
+    "in a subquery": f"SELECT (SELECT count(*) FROM read_text('{SECRET}'))",
+    "install": "INSTALL httpfs",
+    "load": "LOAD httpfs",
+    "set": "SET threads = 1",
+    "reset": "RESET threads",
+    "pragma": "PRAGMA database_size",
+    "call": "CALL pragma_version()",
+    "checkpoint": "CHECKPOINT",
+    "begin": "BEGIN TRANSACTION",
+    "two statements": "SELECT 1; DROP TABLE events",
+    "two selects": "SELECT 1; SELECT 2",
+    "vacuum": "VACUUM",
+    "macro": "CREATE MACRO m(a) AS a",
+}
+
+
+@pytest.mark.parametrize("sql", REFUSED.values(), ids=REFUSED.keys())
+def test_refused_with_a_clear_message(store: ProjectionStore, sql: str) -> None:
+    with pytest.raises(SqlRefused) as caught:
+        run_read_only(store.con, sql)
+    message = str(caught.value)
+    assert message and "\n" not in message
+    assert "refused" in message or "one statement per query" in message
+    # Nothing changed, and nothing outside was read.
+    assert store.con.execute("SELECT count(*) FROM events").fetchone() == (30,)
+    assert "mine" not in {t for (t,) in store.con.execute("SHOW TABLES").fetchall()}
+
+
+def test_a_path_as_a_table_reads_nothing(store: ProjectionStore) -> None:
+    with pytest.raises(SqlError) as caught:
+        run_read_only(store.con, f"SELECT * FROM '{SECRET}'")
+    assert Path(SECRET).read_text().strip() not in str(caught.value)
+
+
+def test_python_variables_are_not_tables(store: ProjectionStore) -> None:
+    secret_frame = duckdb.sql("SELECT 'leak' AS x")  # noqa: F841 - would be a replacement scan
+    with pytest.raises(SqlError, match="does not exist"):
+        run_read_only(store.con, "SELECT * FROM secret_frame")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(*) FROM events",
+        "WITH t AS (SELECT type FROM events) SELECT count(*) FROM t",
+        "DESCRIBE events",
+        "SHOW TABLES",
+        "SUMMARIZE events",
+        "EXPLAIN SELECT * FROM incidents",
+        "FROM incidents",
+        "SELECT * FROM mttr_by_service",
+        "SELECT * FROM noisiest_alerts",
+    ],
+)
+def test_reads_run(store: ProjectionStore, sql: str) -> None:
+    result = run_read_only(store.con, sql)
+    assert result.columns
+
+
+def test_values_come_back_plain(store: ProjectionStore) -> None:
+    result = run_read_only(
+        store.con,
+        "SELECT id, occurred_at, data, seq FROM events ORDER BY seq LIMIT 1",
+    )
+    (row,) = result.records()
+    assert isinstance(row["id"], str) and len(row["id"]) == 36
+    assert row["occurred_at"].startswith("2026-11-24T12:00:00")
+    assert row["seq"] == 1
+
+
+def test_rows_are_capped(store: ProjectionStore) -> None:
+    result = run_read_only(store.con, "SELECT seq FROM events ORDER BY seq", max_rows=7)
+    assert result.truncated
+    assert [r[0] for r in result.rows] == list(range(1, 8))
+    assert not run_read_only(store.con, "SELECT 1", max_rows=7).truncated
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("", "empty query"),
+        ("SELEC 1", "syntax error"),
+        ("SELECT * FROM nope", "nope does not exist"),
+    ],
+)
+def test_mistakes_are_named(store: ProjectionStore, sql: str, message: str) -> None:
+    with pytest.raises(SqlError, match=message):
+        run_read_only(store.con, sql)
+
+
+async def test_a_runaway_query_is_stopped(store: ProjectionStore) -> None:
+    with pytest.raises(SqlError, match=r"longer than 0\.5s"):
+        await query(store.con, "SELECT count(*) FROM range(1000000000000)", timeout=0.5)
+    assert (await query(store.con, "SELECT count(*) FROM events")).rows == [[30]]
+
+
+def test_the_read_only_open_refuses_files_too(store: ProjectionStore, db_path: Path) -> None:
+    store.close()
+    con = open_database(db_path, read_only=True)
+    try:
+        with pytest.raises(SqlRefused):
+            run_read_only(con, f"SELECT * FROM read_text('{SECRET}')")
+        assert run_read_only(con, "SELECT count(*) FROM events").rows == [[30]]
+    finally:
+        con.close()
+
+
+async def test_over_the_bus_same_answers_and_refusals(store: ProjectionStore, nc: NATS) -> None:
+    service = await serve_sql(nc, store.con, store.db_id, timeout=5)
+    subject = sql_subject(store.db_id)
+    try:
+        sql = "SELECT type, count(*) AS n FROM events GROUP BY type"
+        assert await request_sql(nc, subject, sql) == run_read_only(store.con, sql)
+        with pytest.raises(SqlRefused, match="DROP is refused"):
+            await request_sql(nc, subject, "DROP TABLE events")
+        with pytest.raises(SqlError, match="does not exist"):
+            await request_sql(nc, subject, "SELECT * FROM nope")
+        with pytest.raises(SqlError, match="no running Vigil"):
+            await request_sql(nc, sql_subject("someone-else"), "SELECT 1", timeout=2)
+    finally:
+        await service.stop()
