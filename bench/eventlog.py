@@ -52,9 +52,12 @@ def make_events(n: int) -> list[Event]:
 
 
 async def raw_publish(js: nats.js.JetStreamContext, events: list[Event]) -> float:
-    payloads = [(e.subject, e.to_json(), {"Nats-Msg-Id": str(e.id)}) for e in events]
+    """The same work with nothing of ours: serialize, set the msg id, publish_async, check."""
     start = time.perf_counter()
-    futures = [await js.publish_async(s, p, headers=h) for s, p, h in payloads]
+    futures = [
+        await js.publish_async(e.subject, e.to_json(), headers={"Nats-Msg-Id": str(e.id)})
+        for e in events
+    ]
     await js.publish_async_completed()
     for f in futures:
         assert f.result().stream == EVENTS_STREAM
@@ -136,6 +139,20 @@ async def our_project(js: nats.js.JetStreamContext, path: Path, total: int, last
     return rate
 
 
+async def sync_always_publish(tmp: Path, n: int) -> float:
+    """Our publisher against a broker that fsyncs every write (VIGIL_NATS_SYNC_ALWAYS)."""
+    server = EmbeddedNats(store_dir=tmp / "nats-sync", sync_always=True)
+    await server.start()
+    nc = await connect(server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        return await our_publish(js, make_events(n))
+    finally:
+        await nc.close()
+        await server.stop()
+
+
 async def one_round(tmp: Path, n: int) -> dict[str, float]:
     server = EmbeddedNats(store_dir=tmp / "nats")
     await server.start()
@@ -150,10 +167,11 @@ async def one_round(tmp: Path, n: int) -> dict[str, float]:
         last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
         raw_p = await raw_project(js, tmp / "raw.duckdb", n)
         ours_p = await our_project(js, tmp / "ours.duckdb", n, last)
-        return {"raw_pub": raw, "our_pub": ours, "raw_proj": raw_p, "our_proj": ours_p}
     finally:
         await nc.close()
         await server.stop()
+    synced = await sync_always_publish(tmp, min(n, 20_000))
+    return {"raw_pub": raw, "our_pub": ours, "raw_proj": raw_p, "our_proj": ours_p, "sync": synced}
 
 
 async def main(n: int, rounds: int) -> None:
@@ -169,6 +187,7 @@ async def main(n: int, rounds: int) -> None:
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     report("publish", "raw publish_async", med["raw_pub"], med["our_pub"], "msg/s")
     report("project", "raw pipeline", med["raw_proj"], med["our_proj"], "ev/s")
+    report("fsync", "default sync", med["our_pub"], med["sync"], "msg/s")
     print(f"(finished {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; medians of {rounds} rounds)")
 
 

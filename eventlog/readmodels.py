@@ -8,7 +8,7 @@ back in the batch's transaction. No row holds anything the stream cannot rebuild
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -245,12 +245,3 @@ def apply_saga_step(row: SagaStepRow | None, event: Event) -> SagaStepRow:
 
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
-
-
-@dataclass
-class Touched:
-    """The rows one batch changes, keyed like the tables' primary keys."""
-
-    incidents: dict[tuple[str], IncidentRow] = field(default_factory=dict)
-    tool_calls: dict[tuple[str, str], ToolCallRow] = field(default_factory=dict)
-    saga_steps: dict[tuple[str, int], SagaStepRow] = field(default_factory=dict)

@@ -4,8 +4,7 @@ are written in one transaction, so a crash at any point neither loses nor double
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,11 @@ from eventlog.readmodels import (
     IncidentRow,
     SagaStepRow,
     ToolCallRow,
-    Touched,
     apply_saga_step,
     apply_tool_call,
     fold_incident,
 )
+from eventlog.rowtable import Key, RowTable
 from eventlog.schema import create_schema, database_id
 
 ENVELOPE_SHAPE = (
@@ -72,6 +71,9 @@ class ProjectionStore:
         self.path = path
         self.con = open_database(path)
         self.db_id = database_id(self.con)
+        self.incidents = RowTable("incidents", IncidentRow, ("incident_id",))
+        self.tool_calls = RowTable("tool_calls", ToolCallRow, ("incident_id", "tool_call_id"))
+        self.saga_steps = RowTable("saga_steps", SagaStepRow, ("saga_id", "step"))
         # Mirrors projector_checkpoints, updated only after a commit: cheap to read from any task.
         self._last_seq = dict(
             self.con.execute("SELECT stream, last_seq FROM projector_checkpoints").fetchall()
@@ -106,13 +108,17 @@ class ProjectionStore:
             _insert_dead_letters(cur, [m.dead for m in batch if m.dead is not None])
             self._checkpoint(cur, stream, batch[-1].seq)
             cur.commit()
-            self._last_seq[stream] = batch[-1].seq
-            return len(inserted)
         except BaseException:
             cur.rollback()
+            for table in (self.incidents, self.tool_calls, self.saga_steps):
+                table.rolled_back()
             raise
         finally:
             cur.close()
+        for table in (self.incidents, self.tool_calls, self.saga_steps):
+            table.committed()
+        self._last_seq[stream] = batch[-1].seq
+        return len(inserted)
 
     def apply_dead_letters(self, stream: str, batch: Sequence[tuple[int, DeadLetter]]) -> None:
         cur = self.con.cursor()
@@ -136,39 +142,32 @@ class ProjectionStore:
     ) -> None:
         if not events:
             return
-        touched = Touched()
-        by_incident: dict[str, list[tuple[Event, int]]] = {}
+        by_incident: dict[Key, list[tuple[Event, int]]] = {}
         for event, seq in zip(events, seqs, strict=True):
-            by_incident.setdefault(event.incident_id, []).append((event, seq))
-        touched.incidents = _load(cur, "incidents", IncidentRow, ("incident_id",), by_incident)
-        stored_incidents = set(touched.incidents)
-        for incident_id, items in by_incident.items():
-            after = fold_incident(touched.incidents.get((incident_id,)), items)
+            by_incident.setdefault((event.incident_id,), []).append((event, seq))
+        incidents = self.incidents.load(cur, by_incident)
+        stored = set(incidents)
+        for key, items in by_incident.items():
+            after = fold_incident(incidents.get(key), items)
             if after is not None:
-                touched.incidents[(incident_id,)] = after
+                incidents[key] = after
+        self.incidents.save(cur, incidents, stored)
 
         tools = _group(events, TOOL_EVENTS, lambda e: (e.incident_id, e.data.tool_call_id))
-        touched.tool_calls = _load(
-            cur, "tool_calls", ToolCallRow, ("incident_id", "tool_call_id"),
-            _existing(tools, ToolRequested),
-        )  # fmt: skip
-        stored_tools = set(touched.tool_calls)
+        calls = self.tool_calls.load(cur, _existing(tools, ToolRequested))
+        stored = set(calls)
         for key, evs in tools.items():
             for event in evs:
-                touched.tool_calls[key] = apply_tool_call(touched.tool_calls.get(key), event)
+                calls[key] = apply_tool_call(calls.get(key), event)
+        self.tool_calls.save(cur, calls, stored)
 
-        steps = _group(events, SAGA_STEP_EVENTS, lambda e: (e.data.saga_id, e.data.step))
-        touched.saga_steps = _load(
-            cur, "saga_steps", SagaStepRow, ("saga_id", "step"), _existing(steps, SagaStepStarted)
-        )
-        stored_steps = set(touched.saga_steps)
-        for key, evs in steps.items():
+        sagas = _group(events, SAGA_STEP_EVENTS, lambda e: (e.data.saga_id, e.data.step))
+        steps = self.saga_steps.load(cur, _existing(sagas, SagaStepStarted))
+        stored = set(steps)
+        for key, evs in sagas.items():
             for event in evs:
-                touched.saga_steps[key] = apply_saga_step(touched.saga_steps.get(key), event)
-
-        _save(cur, "incidents", IncidentRow, touched.incidents, stored_incidents)
-        _save(cur, "tool_calls", ToolCallRow, touched.tool_calls, stored_tools)
-        _save(cur, "saga_steps", SagaStepRow, touched.saga_steps, stored_steps)
+                steps[key] = apply_saga_step(steps.get(key), event)
+        self.saga_steps.save(cur, steps, stored)
 
 
 def _group(
@@ -198,61 +197,3 @@ def _insert_dead_letters(cur: duckdb.DuckDBPyConnection, letters: Sequence[DeadL
                 for d in letters
             ],
         )  # fmt: skip
-
-
-def _columns(row_type: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(row_type)]
-
-
-def _load(
-    cur: duckdb.DuckDBPyConnection,
-    table: str,
-    row_type: type,
-    key_cols: tuple[str, ...],
-    keys: Iterable[tuple[Any, ...]] | dict[str, Any],
-) -> dict[tuple[Any, ...], Any]:
-    """The stored rows for exactly these keys (a join on a staged key table)."""
-    wanted = [k if isinstance(k, tuple) else (k,) for k in keys]
-    if not wanted:
-        return {}
-    cols = _columns(row_type)
-    staged = pa.table({c: [k[i] for k in wanted] for i, c in enumerate(key_cols)})
-    cur.register("staged_keys", staged)
-    select = ", ".join(f"t.{c}" for c in cols)
-    rows = cur.execute(
-        f"SELECT {select} FROM {table} t JOIN staged_keys USING ({', '.join(key_cols)})"
-    ).fetchall()
-    cur.unregister("staged_keys")
-    out = {}
-    for values in rows:
-        record = dict(zip(cols, values, strict=True))
-        if "firing" in record:
-            record["firing"] = tuple(record["firing"])
-        out[tuple(record[c] for c in key_cols)] = row_type(**record)
-    return out
-
-
-def _save(
-    cur: duckdb.DuckDBPyConnection,
-    table: str,
-    row_type: type,
-    rows: dict[tuple[Any, ...], Any],
-    stored: set[tuple[Any, ...]],
-) -> None:
-    """New rows are inserted; only rows that were stored before are replaced (slower)."""
-    _write(cur, "INSERT", table, row_type, [r for k, r in rows.items() if k not in stored])
-    _write(cur, "INSERT OR REPLACE", table, row_type, [r for k, r in rows.items() if k in stored])
-
-
-def _write(
-    cur: duckdb.DuckDBPyConnection, verb: str, table: str, row_type: type, rows: list[Any]
-) -> None:
-    if not rows:
-        return
-    cols = _columns(row_type)
-    staged = pa.table({c: [getattr(r, c) for r in rows] for c in cols})
-    name = f"staged_{table}"
-    cur.register(name, staged)
-    names = ", ".join(cols)
-    cur.execute(f"{verb} INTO {table} ({names}) SELECT {names} FROM {name}")
-    cur.unregister(name)
