@@ -98,6 +98,11 @@ class Projector:
         writing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
+                if writing is not None and writing.done():
+                    # Raises if the write failed: the projector stops at once, with the cause,
+                    # rather than waiting on a consumer whose ack window has filled up.
+                    await writing
+                    writing = None
                 try:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
                 except (TimeoutError, NatsTimeoutError):

@@ -14,7 +14,6 @@ import pyarrow as pa
 
 from eventlog.deadletter import DeadLetter
 from eventlog.envelope import Event
-from eventlog.payloads import SagaStepStarted, ToolRequested
 from eventlog.readmodels import (
     SAGA_STEP_EVENTS,
     TOOL_EVENTS,
@@ -154,7 +153,7 @@ class ProjectionStore:
         self.incidents.save(cur, incidents, stored)
 
         tools = _group(events, TOOL_EVENTS, lambda e: (e.incident_id, e.data.tool_call_id))
-        calls = self.tool_calls.load(cur, _existing(tools, ToolRequested))
+        calls = self.tool_calls.load(cur, tools)
         stored = set(calls)
         for key, evs in tools.items():
             for event in evs:
@@ -162,7 +161,7 @@ class ProjectionStore:
         self.tool_calls.save(cur, calls, stored)
 
         sagas = _group(events, SAGA_STEP_EVENTS, lambda e: (e.data.saga_id, e.data.step))
-        steps = self.saga_steps.load(cur, _existing(sagas, SagaStepStarted))
+        steps = self.saga_steps.load(cur, sagas)
         stored = set(steps)
         for key, evs in sagas.items():
             for event in evs:
@@ -178,13 +177,6 @@ def _group(
         if isinstance(event.data, types):
             groups.setdefault(key(event), []).append(event)
     return groups
-
-
-def _existing(
-    groups: dict[tuple[Any, ...], list[Event]], created_by: type
-) -> list[tuple[Any, ...]]:
-    """Keys whose row may already be stored: those this batch does not create itself."""
-    return [k for k, evs in groups.items() if not isinstance(evs[0].data, created_by)]
 
 
 def _insert_dead_letters(cur: duckdb.DuckDBPyConnection, letters: Sequence[DeadLetter]) -> None:

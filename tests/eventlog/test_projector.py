@@ -290,3 +290,38 @@ async def test_replay_rebuilds_the_same_rows(js: JetStreamContext, tmp_path: Pat
     await replay(js, live)
     assert rows(live, "SELECT count(*) FROM events") == [(521,)]
     assert EVENTS_STREAM in {s for (s,) in rows(live, "SELECT stream FROM projector_checkpoints")}
+
+
+async def test_a_tool_call_id_used_again_updates_its_row(
+    js: JetStreamContext, db_path: Path
+) -> None:
+    """Models number their calls per turn, so an id can come back in a later batch."""
+    publisher = EventPublisher(js)
+    first = [
+        event(ToolRequested(tool_call_id="call-0", tool_name="prom", turn=0)),
+        event(ToolCompleted(tool_call_id="call-0", tool_name="prom", duration_ms=1)),
+    ]
+    again = [event(ToolRequested(tool_call_id="call-0", tool_name="prom", turn=1), minute=5)]
+    async with projecting(js, db_path) as projector:
+        acks = await publisher.publish_many(first)
+        await projector.wait_for(acks[-1].seq)
+        acks = await publisher.publish_many(again)
+        await projector.wait_for(acks[-1].seq)
+    assert rows(db_path, "SELECT tool_call_id, turn, count(*) OVER () FROM tool_calls") == [
+        ("call-0", 1, 1)
+    ]
+
+
+async def test_a_failed_write_stops_the_projector_with_its_cause(
+    js: JetStreamContext, db_path: Path
+) -> None:
+    store = ProjectionStore(db_path)
+    projector = Projector(js, store, batch=50)
+    task = asyncio.create_task(projector.run(asyncio.Event()))
+    acks = await EventPublisher(js).publish_many(steps(10))
+    await projector.wait_for(acks[-1].seq)
+    store.con.close()  # the file's connection is gone: the next write must fail loudly
+    # One batch only: no later fetch would bring the failure to light.
+    await EventPublisher(js).publish_many(steps(5, incident="inc-2"))
+    with pytest.raises(duckdb.ConnectionException):
+        await asyncio.wait_for(task, 20)
