@@ -8,6 +8,7 @@ emptied on a rollback. DuckDB stays the truth; the cache only spares re-reading 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
@@ -27,6 +28,7 @@ class RowTable(Generic[Row]):
         self.row_type = row_type
         self.key_cols = key_cols
         self.cols = [f.name for f in dataclasses.fields(row_type)]  # type: ignore[arg-type]
+        self._values = operator.attrgetter(*self.cols)  # row -> tuple of its column values
         self._cached = cached
         self._cache: OrderedDict[Key, Row] = OrderedDict()
         self._staged: dict[Key, Row] = {}
@@ -88,7 +90,8 @@ class RowTable(Generic[Row]):
         if not rows:
             return
         name = f"staged_{self.table}"
-        cur.register(name, pa.table({c: [getattr(r, c) for r in rows] for c in self.cols}))
+        columns = zip(*map(self._values, rows), strict=True)
+        cur.register(name, pa.table(dict(zip(self.cols, map(list, columns), strict=True))))
         names = ", ".join(self.cols)
         if update:
             sets = ", ".join(f"{c} = s.{c}" for c in self.cols if c not in self.key_cols)

@@ -29,8 +29,10 @@ from vigil.runtime import read_runtime
 from vigil.settings import Settings
 
 app = typer.Typer(help="Vigil: incident response from Prometheus alerts, every step an event.")
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: a message is one line even when the output is a pipe (rich would cut it at 80
+# columns, in the middle of a path); tables are still laid out to the width.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 Format = Literal["table", "json", "csv"]
 
 
@@ -49,10 +51,24 @@ def settings() -> Settings:
         raise CliError(str(exc)) from None
 
 
+def usable_dir(
+    path: Path, what: str = "data dir", hint: str = "set VIGIL_DATA_DIR to a writable directory"
+) -> None:
+    """Create `path` if needed and check it takes files: a one-line error, not a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".vigil-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CliError(f"{what} {path} is not usable: {exc.strerror or exc}; {hint}") from None
+
+
 @app.command()
 def up() -> None:
     """Run every role in one process (with an embedded nats-server unless VIGIL_NATS_URL)."""
     cfg = settings()
+    usable_dir(cfg.data_dir)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -73,6 +89,7 @@ def projector() -> None:
     cfg = settings()
     if not cfg.nats_url:
         raise CliError("VIGIL_NATS_URL is required: the projector joins an existing NATS")
+    usable_dir(cfg.data_dir)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -155,6 +172,10 @@ def replay_cmd(
     """Rebuild the DuckDB file from the stream, from sequence 1."""
     cfg = settings()
     target = output or cfg.db_path
+    if output is None:
+        usable_dir(cfg.data_dir)
+    else:
+        usable_dir(output.parent, "directory of --output", "pass a writable --output path")
     if output is None and target.exists():
         try:
             open_database(target, read_only=True).close()
@@ -182,6 +203,7 @@ def demo() -> None:
     from vigil.demo import DEMO_QUERIES, demo_incident
 
     cfg = settings()
+    usable_dir(cfg.data_dir)
 
     async def main() -> None:
         async with broker(cfg) as (url, _):

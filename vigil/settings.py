@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -75,7 +76,15 @@ class Settings(BaseSettings):
         if config:
             if not Path(config).is_file():
                 raise ValueError(f"VIGIL_CONFIG={config}: no such file")
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config))
+            try:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config))
+            except yaml.YAMLError as exc:
+                reason = " ".join(str(exc).split())  # one line; the mark says where
+                raise ValueError(f"VIGIL_CONFIG={config}: not valid YAML: {reason}") from None
+            except (TypeError, ValueError):  # a list or a scalar at the top
+                raise ValueError(
+                    f"VIGIL_CONFIG={config}: the file must be a mapping of setting: value"
+                ) from None
         return tuple(sources)
 
 

@@ -1,0 +1,423 @@
+"""`vigil` as a user runs it: `up`, `sql`, `replay`, `demo` and their errors, as subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from vigil_cli_support import (
+    Done,
+    StartUp,
+    VigilUp,
+    proc_info,
+    publish,
+    run_vigil,
+    vigil_env,
+    wait_projected,
+)
+
+from eventlog.envelope import Event, new_event
+from eventlog.payloads import AnomalyDetected
+from eventlog.store import ProjectionStore
+from vigil.broker import EmbeddedNats
+from vigil.demo import demo_incident
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+COUNT_EVENTS = "SELECT count(*) AS n FROM events"
+
+
+def story() -> list[Event]:
+    """The demo incident (resolved) and two more alerts, each its own open incident."""
+    events = demo_incident(T0)
+    for i in range(2):
+        alert = AnomalyDetected(
+            origin="alertmanager",
+            name=f"DiskFull{i}",
+            fingerprint=f"fp{i}",
+            starts_at=T0,
+            service=f"svc{i}",
+            severity="warning",
+        )
+        events.append(new_event(alert, incident_id=f"disk-{i}", source="alertmanager"))
+    return events
+
+
+def one_line_error(done: Done, *needles: str) -> str:
+    """A user error: exit 2, nothing on stdout, one `vigil: ...` line on stderr."""
+    assert done.rc == 2, done
+    assert done.out == "", done
+    assert len(done.err_lines) == 1, done.err
+    line = done.err_lines[0]
+    assert line.startswith("vigil: "), line
+    assert "Traceback" not in done.err
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def files_exist(*paths: Path) -> bool:
+    return any(p.exists() for p in paths)
+
+
+def db_locked(path: Path) -> bool:
+    try:
+        duckdb.connect(str(path), read_only=True).close()
+    except duckdb.IOException as exc:
+        assert "lock" in str(exc)
+        return True
+    return False
+
+
+def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {
+            "incidents": con.execute("SELECT * FROM incidents ORDER BY incident_id").fetchall(),
+            "events": con.execute("SELECT * FROM events ORDER BY seq").fetchall(),
+            "tool_calls": con.execute(
+                "SELECT * FROM tool_calls ORDER BY incident_id, tool_call_id"
+            ).fetchall(),
+            "saga_steps": con.execute("SELECT * FROM saga_steps ORDER BY saga_id, step").fetchall(),
+        }
+    finally:
+        con.close()
+
+
+async def up_with_story(vigil_up: StartUp, data_dir: Path, **settings: str) -> VigilUp:
+    """`vigil up` running, with `story()` appended and projected."""
+    up = await vigil_up(data_dir, **settings)
+    runtime = await up.up()
+    seq = await publish(runtime.nats_url, story())
+    await wait_projected(runtime, seq)
+    return up
+
+
+# -- 1. queries while `vigil up` holds the file --------------------------------------------
+
+
+async def test_up_prints_where_it_is_and_sql_goes_through_it(
+    vigil_up: StartUp, tmp_path: Path
+) -> None:
+    # a long path: each line must stay one line though rich thinks a pipe is 80 columns wide
+    data = tmp_path / "a-data-dir-whose-name-is-long-enough-to-pass-eighty-columns"
+    up = await up_with_story(vigil_up, data)
+    nats_line, db_line, ready = up.lines[:3]
+    assert nats_line.startswith("NATS   nats://127.0.0.1:"), up.lines
+    assert "embedded" in nats_line and str(data / "nats") in nats_line
+    assert db_line == f"DuckDB {data / 'vigil.duckdb'}"
+    assert ready == "vigil is up"
+    # The file is held by `vigil up`: a second process cannot open it, so `vigil sql` must
+    # be answered by the running service over NATS.
+    assert db_locked(data / "vigil.duckdb")
+    env = vigil_env(data)
+    events = story()
+
+    done = await run_vigil("sql", COUNT_EVENTS, "--format", "json", env=env)
+    assert done.rc == 0, done
+    assert json.loads(done.out) == [{"n": len(events)}]
+
+    done = await run_vigil(
+        "sql",
+        "SELECT type, count(*) AS n FROM events GROUP BY type ORDER BY type",
+        "--format",
+        "csv",
+        env=env,
+    )
+    assert done.rc == 0, done
+    rows = list(csv.reader(io.StringIO(done.out)))
+    assert rows[0] == ["type", "n"]
+    assert rows[1:] == [[t, str(n)] for t, n in sorted(Counter(e.type for e in events).items())]
+
+    done = await run_vigil(
+        "sql", "SELECT incident_id, status, resolution FROM incidents ORDER BY incident_id", env=env
+    )
+    assert done.rc == 0, done
+    table = done.out
+    for column in ("incident_id", "status", "resolution"):
+        assert column in table.splitlines()[1], table
+    demo_id = events[1].incident_id
+    assert demo_id.startswith("demo-")
+    assert [demo_id, "resolved", "remediation"] == _table_row(table, demo_id)
+    assert _table_row(table, "disk-0") == ["disk-0", "open", ""]
+    assert _table_row(table, "disk-1") == ["disk-1", "open", ""]
+
+    done = await run_vigil(
+        "sql", "SELECT seq FROM events ORDER BY seq", "-f", "json", "--max-rows", "3", env=env
+    )
+    assert done.rc == 0, done
+    assert json.loads(done.out) == [{"seq": 1}, {"seq": 2}, {"seq": 3}]
+    assert "only the first 3 rows" in done.err
+
+    # Once `up` has stopped, the same query opens the file directly and agrees.
+    up.proc.send_signal(signal.SIGTERM)
+    assert await up.exit_code() == 0
+    assert not db_locked(data / "vigil.duckdb")
+    done = await run_vigil("sql", COUNT_EVENTS, "--format", "json", env=env)
+    assert done.rc == 0, done
+    assert json.loads(done.out) == [{"n": len(events)}]
+
+
+def _table_row(table: str, first_cell: str) -> list[str]:
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} in\n{table}")
+
+
+# -- 2. refusals ---------------------------------------------------------------------------
+
+REFUSED = [
+    ("DROP TABLE events", "DROP is refused"),
+    ("DELETE FROM events", "DELETE is refused"),
+    ("INSERT INTO projector_meta VALUES ('k', 'v')", "INSERT is refused"),
+    ("SELECT * FROM read_csv('/etc/hostname')", "reading files or the network is refused"),
+    ("SELECT 1; DROP TABLE events", "one statement per query, found 2"),
+    ("ATTACH '{tmp}/attached.duckdb' AS x", "ATTACH is refused"),
+    ("COPY events TO '{tmp}/leak.csv'", "COPY is refused"),
+    ("SELECT * FROM read_text('{tmp}/secret')", "reading files or the network is refused"),
+    ("SET enable_external_access = true", "SET is refused"),
+]
+
+
+async def _assert_refusals_and_nothing_changed(env: dict[str, str], events: int, tmp: Path) -> None:
+    (tmp / "secret").write_text("s3cr3t")
+    for query, message in REFUSED:
+        done = await run_vigil("sql", query.format(tmp=tmp), env=env)
+        one_line_error(done, message)
+        assert "s3cr3t" not in done.err
+    one_line_error(await run_vigil("sql", "SELEC 1", env=env), "SQL syntax error")
+    # EXPLAIN is allowed, and EXPLAIN ANALYZE runs its statement: it must leave nothing behind.
+    await run_vigil("sql", "EXPLAIN ANALYZE DELETE FROM events", env=env)
+    done = await run_vigil("sql", COUNT_EVENTS, "-f", "json", env=env)
+    assert json.loads(done.out) == [{"n": events}], done
+    assert not files_exist(tmp / "attached.duckdb", tmp / "leak.csv")
+
+
+async def test_sql_refusals_through_the_running_service(vigil_up: StartUp, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    await up_with_story(vigil_up, data)
+    assert db_locked(data / "vigil.duckdb")
+    await _assert_refusals_and_nothing_changed(vigil_env(data), len(story()), tmp_path)
+
+
+async def test_sql_refusals_on_the_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ProjectionStore(data / "vigil.duckdb").close()  # the schema, as `vigil up` leaves it
+    assert not db_locked(data / "vigil.duckdb")
+    await _assert_refusals_and_nothing_changed(vigil_env(data), 0, tmp_path)
+
+
+# -- 3. stopping -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_stops_up_and_its_nats_server(
+    vigil_up: StartUp, tmp_path: Path, sig: signal.Signals
+) -> None:
+    data = tmp_path / "data"
+    up = await vigil_up(data)
+    await up.up()
+    nats = up.nats_server()
+    up.proc.send_signal(sig)
+    assert await up.exit_code() == 0, up.stderr
+    assert up.lines[-1] == "vigil stopped"
+    # `vigil up` waited for its nats-server and reaped it: it is gone, not a zombie.
+    assert nats.exited()
+    after = proc_info(nats.info.pid)
+    assert after is None or after.start_time != nats.info.start_time  # else: a zombie
+    assert not (data / "runtime.json").exists()
+    assert not db_locked(data / "vigil.duckdb")
+
+
+async def test_kill_9_of_up_takes_its_nats_server_along(vigil_up: StartUp, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    up = await vigil_up(data)
+    await up.up()
+    nats = up.nats_server()
+    assert not nats.exited()
+    up.proc.kill()
+    assert await up.exit_code() == -signal.SIGKILL
+    await nats.wait_exit(10)  # PR_SET_PDEATHSIG: the kernel told it to stop
+    # runtime.json is left behind, but the file is free: `vigil sql` reads it directly.
+    assert (data / "runtime.json").exists()
+    done = await run_vigil("sql", COUNT_EVENTS, "-f", "json", env=vigil_env(data))
+    assert done.rc == 0, done
+    assert json.loads(done.out) == [{"n": 0}]
+    # And the data dir starts again.
+    again = await vigil_up(data)
+    runtime = await again.up()
+    assert runtime.pid == again.pid
+
+
+# -- 4. clear errors ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+async def test_up_on_a_port_in_use(tmp_path: Path, busy_port: int) -> None:
+    done = await run_vigil("up", env=vigil_env(tmp_path / "data", nats_port=str(busy_port)))
+    one_line_error(done, f"port {busy_port}", "already in use", "VIGIL_NATS_PORT")
+
+
+@pytest.mark.parametrize("command", ["up", "demo", "replay"])
+async def test_unusable_data_dir(tmp_path: Path, command: str) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    data = tmp_path / "afile" / "data"
+    done = await run_vigil(command, env=vigil_env(data))
+    one_line_error(done, f"data dir {data} ", "Not a directory", "VIGIL_DATA_DIR")
+
+
+@pytest.mark.parametrize("command", ["up", "projector", "replay"])
+async def test_unusable_data_dir_with_external_nats(
+    tmp_path: Path, nats_server: EmbeddedNats, command: str
+) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    data = tmp_path / "afile" / "data"
+    done = await run_vigil(command, env=vigil_env(data, nats_url=nats_server.url))
+    one_line_error(done, f"data dir {data} ", "Not a directory", "VIGIL_DATA_DIR")
+
+
+async def test_replay_output_in_unusable_place(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    out = tmp_path / "afile" / "x.duckdb"
+    done = await run_vigil("replay", "--output", str(out), env=vigil_env(tmp_path / "data"))
+    one_line_error(done, str(out.parent), "--output")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "needles"),
+    [
+        ("http_port", "notaport", ("VIGIL_HTTP_PORT", "integer")),
+        ("nats_port", "70000", ("VIGIL_NATS_PORT", "65535")),
+        ("nats_url", "localhost:4222", ("VIGIL_NATS_URL", "'localhost:4222'", "nats://")),
+        ("projector_batch", "0", ("VIGIL_PROJECTOR_BATCH",)),
+        ("config", "/nonexistent/vigil.yaml", ("VIGIL_CONFIG=/nonexistent/vigil.yaml",)),
+    ],
+)
+@pytest.mark.parametrize("command", ["up", "sql"])
+async def test_bad_setting(
+    tmp_path: Path, setting: str, value: str, needles: tuple[str, ...], command: str
+) -> None:
+    args = ["sql", "SELECT 1"] if command == "sql" else [command]
+    done = await run_vigil(*args, env=vigil_env(tmp_path / "data", **{setting: value}))
+    one_line_error(done, *needles)
+    assert not (tmp_path / "data").exists()  # nothing was started or created
+
+
+async def test_bad_config_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("http_port: [\n")
+    done = await run_vigil("sql", "SELECT 1", env=vigil_env(tmp_path, config=str(bad)))
+    one_line_error(done, f"VIGIL_CONFIG={bad}", "not valid YAML", "line 2")
+    bad.write_text("- nats_url\n- http_port\n")
+    done = await run_vigil("sql", "SELECT 1", env=vigil_env(tmp_path, config=str(bad)))
+    one_line_error(done, f"VIGIL_CONFIG={bad}", "mapping")
+    bad.write_text("http_prot: 8081\n")
+    done = await run_vigil("sql", "SELECT 1", env=vigil_env(tmp_path, config=str(bad)))
+    one_line_error(done, "VIGIL_HTTP_PROT", "not permitted")
+
+
+async def test_projector_needs_a_nats_url(tmp_path: Path) -> None:
+    done = await run_vigil("projector", env=vigil_env(tmp_path / "data"))
+    one_line_error(done, "VIGIL_NATS_URL is required")
+
+
+async def test_sql_without_a_database(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    done = await run_vigil("sql", "SELECT 1", env=vigil_env(data))
+    one_line_error(done, f"no database at {data / 'vigil.duckdb'}", "vigil up", "vigil replay")
+    assert not data.exists()
+
+
+# -- 5. replay -------------------------------------------------------------------------------
+
+
+async def test_replay_rebuilds_the_file_from_the_stream(
+    vigil_up: StartUp, tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
+    data = tmp_path / "data"
+    db = data / "vigil.duckdb"
+    up = await up_with_story(vigil_up, data, nats_url=nats_server.url)
+    assert "(external)" in up.lines[0]
+    env = vigil_env(data, nats_url=nats_server.url)
+
+    done = await run_vigil("replay", env=env)
+    one_line_error(done, f"{db} is in use", "--output")
+
+    up.proc.send_signal(signal.SIGTERM)
+    assert await up.exit_code() == 0
+    before = snapshot(db)
+    n = len(story())
+    assert len(before["events"]) == n and len(before["incidents"]) == 3
+    assert len(before["tool_calls"]) == 3 and len(before["saga_steps"]) == 1
+
+    # Damage the read model, so only a rebuild from the stream can bring it back.
+    con = duckdb.connect(str(db))
+    con.execute("DELETE FROM incidents")
+    con.execute("DELETE FROM tool_calls")
+    con.execute("UPDATE events SET source = 'tampered' WHERE seq = 1")
+    con.close()
+    assert snapshot(db) != before
+
+    done = await run_vigil("replay", env=env)
+    assert done.rc == 0, done
+    assert f"replayed {n} events (0 dead letters) up to sequence {n} into {db}" in done.out
+    assert snapshot(db) == before
+    assert not files_exist(Path(f"{db}.replay"))
+
+    other = tmp_path / "elsewhere" / "copy.duckdb"
+    done = await run_vigil("replay", "--output", str(other), env=env)
+    assert done.rc == 0, done
+    assert snapshot(other) == before
+
+
+async def test_replay_with_the_embedded_broker(vigil_up: StartUp, tmp_path: Path) -> None:
+    """Without VIGIL_NATS_URL replay starts the data dir's own nats-server, like `up`."""
+    data = tmp_path / "data"
+    db = data / "vigil.duckdb"
+    up = await up_with_story(vigil_up, data)
+    up.proc.send_signal(signal.SIGTERM)
+    assert await up.exit_code() == 0
+    before = snapshot(db)
+    db.unlink()
+    done = await run_vigil("replay", env=vigil_env(data))
+    assert done.rc == 0, done
+    assert snapshot(db) == before
+
+
+# -- 7. demo ---------------------------------------------------------------------------------
+
+
+async def test_demo(tmp_path: Path) -> None:
+    env = vigil_env(columns=200)  # the default data dir: ./.vigil in the working directory
+    done = await run_vigil("demo", env=env, cwd=tmp_path)
+    assert done.rc == 0, done
+    assert "appended 19 events to VIGIL_EVENTS (NATS nats://127.0.0.1:" in done.out
+    assert "rollback_deployment" in done.out
+    incident_row = next(line for line in done.out.splitlines() if "CheckoutLatencyHigh" in line)
+    assert "resolved" in incident_row and "remediation" in incident_row
+    assert "deploy v2.14.0 of checkout" in incident_row and "0.86" in incident_row
+    assert (tmp_path / ".vigil" / "vigil.duckdb").exists()
+    assert not (tmp_path / ".vigil" / "runtime.json").exists()
+    # what the demo left behind is a normal read model
+    done = await run_vigil(
+        "sql", "SELECT status FROM incidents", "-f", "json", env=env, cwd=tmp_path
+    )
+    assert json.loads(done.out) == [{"status": "resolved"}]
