@@ -13,6 +13,7 @@ import asyncio
 import base64
 import datetime as dt
 import decimal
+import re
 import uuid
 from typing import Any
 
@@ -20,6 +21,7 @@ import duckdb
 from pydantic import BaseModel
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", re.IGNORECASE)
 DEFAULT_MAX_ROWS = 10_000
 
 
@@ -51,11 +53,22 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     if len(statements) > 1:
         raise SqlRefused(f"one statement per query, found {len(statements)}")
     kind = statements[0].type
-    if kind not in ALLOWED:
+    if kind == duckdb.StatementType.EXPLAIN:
+        _check_explained(con, sql)
+    elif kind not in ALLOWED:
         raise SqlRefused(
             f"only read statements run: {kind.name} is refused "
             "(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN are allowed)"
         )
+
+
+def _check_explained(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """EXPLAIN ANALYZE runs what it explains, so what is explained must be a read too."""
+    inner = EXPLAIN_PREFIX.sub("", sql, count=1)
+    kinds = [s.type for s in con.extract_statements(inner)]
+    if kinds != [duckdb.StatementType.SELECT]:
+        found = kinds[0].name if kinds else "nothing"
+        raise SqlRefused(f"only read statements run: EXPLAIN of {found} is refused")
 
 
 def run_read_only(

@@ -39,12 +39,20 @@ def sql_subject(db_id: str) -> str:
 
 
 async def serve_sql(
-    nc: NATS, con: duckdb.DuckDBPyConnection, db_id: str, *, timeout: float = 30.0
+    nc: NATS,
+    con: duckdb.DuckDBPyConnection,
+    db_id: str,
+    *,
+    timeout: float = 30.0,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> Service:
+    """Answer on `vigil.sql.<db_id>`; a client may ask for fewer rows than `max_rows`, not more."""
+
     async def handle(request: Request) -> None:
         try:
             ask = SqlRequest.model_validate_json(request.data)
-            result = await query(con, ask.sql, max_rows=ask.max_rows, timeout=timeout)
+            rows = min(ask.max_rows, max_rows)
+            result = await query(con, ask.sql, max_rows=rows, timeout=timeout)
             reply = SqlReply(result=result)
         except SqlError as exc:
             reply = SqlReply(error=str(exc), refused=isinstance(exc, SqlRefused))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -72,20 +73,42 @@ def split_servers(url: str | Sequence[str]) -> list[str]:
     return list(url)
 
 
+class BusUnreachable(ConnectionError):
+    """No NATS server answered the first connection; the message names the URL."""
+
+
 async def connect(
-    url: str | Sequence[str], *, name: str = "vigil", connect_timeout: float = 5.0
+    url: str | Sequence[str],
+    *,
+    name: str = "vigil",
+    connect_timeout: float = 2.0,
+    first_attempts: int = 3,
 ) -> NATS:
-    """Connect with endless reconnects: a broker restart must not end a Vigil process."""
+    """Fail fast if NATS is not there at first; once connected, reconnect forever, so a broker
+    restart never ends a Vigil process."""
+    servers = split_servers(url)
+
+    connected = False
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats: %s", exc)
+        # Before the first connection the failure is reported once, as BusUnreachable.
+        log.log(logging.WARNING if connected else logging.DEBUG, "nats: %s", exc)
 
-    return await nats.connect(
-        servers=split_servers(url),
-        name=name,
-        connect_timeout=connect_timeout,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.25,
-        allow_reconnect=True,
-        error_cb=on_error,
-    )
+    try:
+        nc = await nats.connect(
+            servers=servers,
+            name=name,
+            connect_timeout=connect_timeout,
+            max_reconnect_attempts=first_attempts,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+            error_cb=on_error,
+        )
+    except (NoServersError, OSError, TimeoutError) as exc:
+        raise BusUnreachable(
+            f"cannot reach NATS at {', '.join(servers)} ({type(exc).__name__}); "
+            "check VIGIL_NATS_URL and that nats-server runs with JetStream"
+        ) from None
+    nc.options["max_reconnect_attempts"] = -1  # from now on: never give up
+    connected = True
+    return nc

@@ -67,7 +67,11 @@ async def run_projector(
         try:
             projector = Projector(nc.jetstream(), store, batch=settings.projector_batch)
             service = await serve_sql(
-                nc, store.con, store.db_id, timeout=settings.sql_timeout_seconds
+                nc,
+                store.con,
+                store.db_id,
+                timeout=settings.sql_timeout_seconds,
+                max_rows=settings.sql_max_rows,
             )
             write_runtime(settings.data_dir, nats_url=url, sql_subject=sql_subject(store.db_id))
             on_ready()

@@ -22,7 +22,7 @@ from eventlog.replay import replay
 from eventlog.sql import QueryResult, SqlError, run_read_only
 from eventlog.sql_service import request_sql
 from eventlog.store import open_database
-from eventlog.stream import connect
+from eventlog.stream import BusUnreachable, connect
 from vigil.app import broker, bus, run_projector, stop_on_signals
 from vigil.broker import BrokerError
 from vigil.runtime import read_runtime
@@ -75,9 +75,13 @@ def up() -> None:
         stop_on_signals(stop)
         async with broker(cfg) as (url, embedded):
             where = f"embedded, store {cfg.nats_store_dir}" if embedded else "external"
-            console.print(f"NATS   {url} ({where})")
-            console.print(f"DuckDB {cfg.db_path}")
-            await run_projector(cfg, url, stop, on_ready=lambda: console.print("vigil is up"))
+
+            def ready() -> None:  # said only once NATS, the streams and DuckDB are all there
+                console.print(f"NATS   {url} ({where})")
+                console.print(f"DuckDB {cfg.db_path}")
+                console.print("vigil is up")
+
+            await run_projector(cfg, url, stop, on_ready=ready)
         console.print("vigil stopped")
 
     asyncio.run(main())
@@ -104,10 +108,11 @@ def projector() -> None:
 def sql(
     query: Annotated[str, typer.Argument(help="one read-only statement")],
     fmt: Annotated[Format, typer.Option("--format", "-f")] = "table",
-    max_rows: Annotated[int, typer.Option(min=1)] = 10_000,
+    max_rows: Annotated[int | None, typer.Option(min=1, help="default: VIGIL_SQL_MAX_ROWS")] = None,
 ) -> None:
     """Query the read model; works whether or not `vigil up` is running."""
-    result = run_sql(settings(), query, max_rows)
+    cfg = settings()
+    result = run_sql(cfg, query, max_rows or cfg.sql_max_rows)
     print_result(result, fmt)
 
 
@@ -242,6 +247,6 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
-    except (CliError, SqlError, BrokerError) as exc:
+    except (CliError, SqlError, BrokerError, BusUnreachable) as exc:
         err.print(f"vigil: {exc}", markup=False, highlight=False)
         raise SystemExit(2) from None

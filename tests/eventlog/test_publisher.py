@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 
 from eventlog.envelope import Event
 from eventlog.publisher import EventPublisher, PublishError
-from eventlog.stream import EVENTS_STREAM, connect, ensure_streams
+from eventlog.stream import EVENTS_STREAM, BusUnreachable, connect, ensure_streams
 from tests.eventlog.samples import steps
 from tests.eventlog.stream_reading import stream_events
 from vigil.broker import EmbeddedNats
@@ -117,3 +117,11 @@ async def test_a_closed_connection_is_reported(nats_server: EmbeddedNats) -> Non
         await EventPublisher(js, ack_timeout=1.0).publish_many(events)
     assert set(caught.value.failed) == {e.id for e in events}
     assert "ConnectionClosed" in next(iter(caught.value.failed.values()))
+
+
+async def test_no_broker_at_first_is_a_clear_error_not_a_hang() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(BusUnreachable, match=r"cannot reach NATS at nats://127\.0\.0\.1:1\b"):
+        await connect("nats://127.0.0.1:1", first_attempts=2)
+    assert loop.time() - started < 10

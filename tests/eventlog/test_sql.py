@@ -166,3 +166,35 @@ async def test_over_the_bus_same_answers_and_refusals(store: ProjectionStore, nc
             await request_sql(nc, sql_subject("someone-else"), "SELECT 1", timeout=2)
     finally:
         await service.stop()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "EXPLAIN ANALYZE DELETE FROM events",
+        "EXPLAIN ANALYZE CHECKPOINT",
+        "EXPLAIN INSERT INTO incidents (incident_id) VALUES ('x')",
+        "explain   analyse UPDATE incidents SET status = 'x'",
+    ],
+)
+def test_explain_of_a_write_is_refused(store: ProjectionStore, sql: str) -> None:
+    """EXPLAIN ANALYZE runs what it explains."""
+    with pytest.raises(SqlRefused, match="EXPLAIN of"):
+        run_read_only(store.con, sql)
+    assert store.con.execute("SELECT count(*) FROM events").fetchone() == (30,)
+
+
+def test_explain_analyze_of_a_read_runs(store: ProjectionStore) -> None:
+    result = run_read_only(store.con, "EXPLAIN ANALYZE SELECT count(*) FROM events")
+    assert result.rows
+
+
+async def test_the_service_caps_rows_whatever_is_asked(store: ProjectionStore, nc: NATS) -> None:
+    service = await serve_sql(nc, store.con, store.db_id, max_rows=5)
+    try:
+        result = await request_sql(
+            nc, sql_subject(store.db_id), "SELECT seq FROM events", max_rows=1000
+        )
+    finally:
+        await service.stop()
+    assert len(result.rows) == 5 and result.truncated

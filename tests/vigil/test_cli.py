@@ -339,6 +339,13 @@ async def test_projector_needs_a_nats_url(tmp_path: Path) -> None:
     one_line_error(done, "VIGIL_NATS_URL is required")
 
 
+@pytest.mark.parametrize("command", ["projector", "up", "replay"])
+async def test_unreachable_nats_is_one_line_not_a_hang(tmp_path: Path, command: str) -> None:
+    env = {**vigil_env(tmp_path / "data"), "VIGIL_NATS_URL": "nats://127.0.0.1:1"}
+    done = await run_vigil(command, env=env)
+    one_line_error(done, "cannot reach NATS at nats://127.0.0.1:1", "VIGIL_NATS_URL")
+
+
 async def test_sql_without_a_database(tmp_path: Path) -> None:
     data = tmp_path / "data"
     done = await run_vigil("sql", "SELECT 1", env=vigil_env(data))
