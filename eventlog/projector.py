@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from nats.nuid import NUID
 
 from eventlog.deadletter import DeadLetter, dead_letter_for
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # An abandoned projector consumer (its DuckDB file deleted) is removed by the server.
 CONSUMER_INACTIVE_THRESHOLD = 24 * 3600.0
+RESTART_PAUSE = 0.25  # seconds between tries to restart a consumer during a leader election
 
 Write = Callable[[], object]
 Prepare = Callable[[str, list[Msg]], Awaitable[Write | None]]
@@ -99,6 +102,7 @@ class Projector:
 
         config = await self._restart_consumer(stream, durable, subject, handed)
         sub = await self.js.subscribe_bind(stream, config, durable, cb=on_message, manual_ack=True)
+        delivered = 0  # the consumer's number for the last message taken
         writing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
@@ -110,6 +114,31 @@ class Projector:
                 msgs = await self._take(arrived)
                 if not msgs:
                     continue
+                if not _consecutive(msgs, delivered):
+                    # Deliveries went missing (lost with a server that was killed, say): acking
+                    # past them (AckPolicy.ALL) would skip them for good. Start the consumer
+                    # again right after the last message handed to a write.
+                    first = msgs[0].metadata.sequence.consumer
+                    log.warning(
+                        "%s: delivery %d follows %d: restarting at %d",
+                        durable, first, delivered, handed + 1,
+                    )  # fmt: skip
+                    if writing is not None:
+                        await writing
+                        writing = None
+                    restarted = await self._restart_when_possible(
+                        stream, durable, subject, handed, stop
+                    )
+                    if restarted is None:
+                        break
+                    await sub.unsubscribe()
+                    arrived = asyncio.Queue()  # what came before the restart is dropped
+                    sub = await self.js.subscribe_bind(
+                        stream, restarted, durable, cb=on_message, manual_ack=True
+                    )
+                    delivered = 0
+                    continue
+                delivered = msgs[-1].metadata.sequence.consumer
                 # At or below `handed`: applied already (or being applied), delivered again.
                 fresh = [m for m in msgs if m.metadata.sequence.stream > handed]
                 write = await prepare(stream, fresh) if fresh else None
@@ -142,6 +171,19 @@ class Projector:
         await last.ack()  # AckPolicy.ALL: acks the whole batch
         async with self.applied:
             self.applied.notify_all()
+
+    async def _restart_when_possible(
+        self, stream: str, durable: str, subject: str, last: int, stop: asyncio.Event
+    ) -> ConsumerConfig | None:
+        """_restart_consumer, retried while JetStream elects a leader; None if told to stop."""
+        while not stop.is_set():
+            try:
+                return await self._restart_consumer(stream, durable, subject, last)
+            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+                log.info("%s: cannot restart the consumer yet (%r)", durable, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RESTART_PAUSE)
+        return None
 
     async def _restart_consumer(
         self, stream: str, durable: str, subject: str, last: int
@@ -203,3 +245,8 @@ class Projector:
         if not letters:
             return None
         return functools.partial(self.store.apply_dead_letters, stream, letters)
+
+
+def _consecutive(msgs: list[Msg], after: int) -> bool:
+    """Whether these are the deliveries numbered after+1, after+2, ...: none went missing."""
+    return all(m.metadata.sequence.consumer == after + i for i, m in enumerate(msgs, 1))
