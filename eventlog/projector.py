@@ -95,10 +95,8 @@ class Projector:
         """Take batch N+1 while batch N is written, so reading and writing overlap instead of
         adding up. Writes run one at a time, in order, so acks stay in order."""
         handed = self.store.last_seq(stream)  # highest sequence given to a write
-        arrived: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def on_message(msg: Msg) -> None:
-            arrived.put_nowait(msg)
+        arrived = _Arrivals(self.batch)
+        on_message = arrived.put
 
         config = await self._restart_consumer(stream, durable, subject, handed)
         sub = await self.js.subscribe_bind(stream, config, durable, cb=on_message, manual_ack=True)
@@ -111,7 +109,7 @@ class Projector:
                     # rather than waiting on a consumer whose ack window has filled up.
                     await writing
                     writing = None
-                msgs = await self._take(arrived)
+                msgs = await arrived.take(self.fetch_timeout)
                 if not msgs:
                     continue
                 if not _consecutive(msgs, delivered):
@@ -132,7 +130,7 @@ class Projector:
                     if restarted is None:
                         break
                     await sub.unsubscribe()
-                    arrived = asyncio.Queue()  # what came before the restart is dropped
+                    arrived.clear()  # what came before the restart is dropped
                     sub = await self.js.subscribe_bind(
                         stream, restarted, durable, cb=on_message, manual_ack=True
                     )
@@ -153,17 +151,6 @@ class Projector:
             if writing is not None and not writing.done():
                 writing.cancel()
             await sub.unsubscribe()
-
-    async def _take(self, arrived: asyncio.Queue[Msg]) -> list[Msg]:
-        """Up to one batch: waits for the first message, then takes what has already come."""
-        try:
-            first = await asyncio.wait_for(arrived.get(), self.fetch_timeout)
-        except TimeoutError:
-            return []
-        msgs = [first]
-        while len(msgs) < self.batch and not arrived.empty():
-            msgs.append(arrived.get_nowait())
-        return msgs
 
     async def _commit(self, write: Write | None, last: Msg) -> None:
         if write is not None:
@@ -250,3 +237,33 @@ class Projector:
 def _consecutive(msgs: list[Msg], after: int) -> bool:
     """Whether these are the deliveries numbered after+1, after+2, ...: none went missing."""
     return all(m.metadata.sequence.consumer == after + i for i, m in enumerate(msgs, 1))
+
+
+class _Arrivals:
+    """Messages as the subscription hands them over, taken a batch at a time (a list and an
+    event: a queue would cost two coroutine hops per message)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.msgs: list[Msg] = []
+        self.some = asyncio.Event()
+
+    async def put(self, msg: Msg) -> None:
+        self.msgs.append(msg)
+        self.some.set()
+
+    async def take(self, timeout: float) -> list[Msg]:
+        """Up to one batch of what has come; waits up to `timeout` when nothing has."""
+        if not self.msgs:
+            try:
+                await asyncio.wait_for(self.some.wait(), timeout)
+            except TimeoutError:
+                return []
+        taken, self.msgs = self.msgs[: self.batch], self.msgs[self.batch :]
+        if not self.msgs:
+            self.some.clear()
+        return taken
+
+    def clear(self) -> None:
+        self.msgs = []
+        self.some.clear()

@@ -20,9 +20,9 @@ from eventlog.readmodels import (
     IncidentRow,
     SagaStepRow,
     ToolCallRow,
-    apply_saga_step,
-    apply_tool_call,
     fold_incident,
+    fold_saga_step,
+    fold_tool_call,
 )
 from eventlog.rowtable import Key, RowTable
 from eventlog.schema import create_schema, database_id
@@ -156,16 +156,14 @@ class ProjectionStore:
         calls = self.tool_calls.load(cur, tools)
         stored = set(calls)
         for key, evs in tools.items():
-            for event in evs:
-                calls[key] = apply_tool_call(calls.get(key), event)
+            calls[key] = fold_tool_call(calls.get(key), evs)
         self.tool_calls.save(cur, calls, stored)
 
         sagas = _group(events, SAGA_STEP_EVENTS, lambda e: (e.data.saga_id, e.data.step))
         steps = self.saga_steps.load(cur, sagas)
         stored = set(steps)
         for key, evs in sagas.items():
-            for event in evs:
-                steps[key] = apply_saga_step(steps.get(key), event)
+            steps[key] = fold_saga_step(steps.get(key), evs)
         self.saga_steps.save(cur, steps, stored)
 
 
