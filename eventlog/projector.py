@@ -47,7 +47,7 @@ class Projector:
         js: JetStreamContext,
         store: ProjectionStore,
         *,
-        batch: int = 1000,
+        batch: int = 2000,
         fetch_timeout: float = 1.0,
     ) -> None:
         self.js = js

@@ -24,7 +24,7 @@ class ReplayReport(BaseModel):
     last_seq: int
 
 
-async def replay(js: JetStreamContext, target: Path, *, batch: int = 1000) -> ReplayReport:
+async def replay(js: JetStreamContext, target: Path, *, batch: int = 2000) -> ReplayReport:
     """Project the whole stream into a fresh file and move it to `target`."""
     building = target.with_name(target.name + ".replay")
     _remove(building)

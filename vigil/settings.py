@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     model: str = "builtin"
     stream_replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_seconds: float = Field(default=120.0, gt=0)
-    projector_batch: int = Field(default=1000, ge=1, le=10_000)
+    projector_batch: int = Field(default=2000, ge=1, le=10_000)
     sql_timeout_seconds: float = Field(default=30.0, gt=0)
     sql_max_rows: int = Field(default=10_000, ge=1)
 
