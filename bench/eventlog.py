@@ -33,6 +33,7 @@ from eventlog.publisher import EventPublisher
 from eventlog.store import ProjectionStore
 from eventlog.stream import EVENTS_STREAM, connect, ensure_streams
 from vigil.broker import EmbeddedNats
+from vigil.tuning import tune_gc
 
 
 def make_events(n: int) -> list[Event]:
@@ -129,8 +130,9 @@ async def our_project(js: nats.js.JetStreamContext, path: Path, total: int, last
     store = ProjectionStore(path)
     projector = Projector(js, store)
     stop = asyncio.Event()
-    start = time.perf_counter()
     task = asyncio.create_task(projector.run(stop))
+    await projector.following.wait()  # like raw: the clock starts once subscribed
+    start = time.perf_counter()
     await projector.wait_for(last)
     rate = total / (time.perf_counter() - start)
     stop.set()
@@ -153,20 +155,27 @@ async def sync_always_publish(tmp: Path, n: int) -> float:
         await server.stop()
 
 
-async def one_round(tmp: Path, n: int) -> dict[str, float]:
+async def one_round(tmp: Path, n: int, ours_first: bool) -> dict[str, float]:
+    """One measurement of each; `ours_first` alternates who goes first between rounds."""
     server = EmbeddedNats(store_dir=tmp / "nats")
     await server.start()
     nc = await connect(server.url)
     js = nc.jetstream()
     await ensure_streams(js)
     try:
-        # Publish into two fresh streams in turn so neither run gets a warmer store.
-        raw = await raw_publish(js, make_events(n))
+        # Each publish goes into an emptied stream; the second one's events are projected.
+        first, second = (our_publish, raw_publish) if ours_first else (raw_publish, our_publish)
+        a = await first(js, make_events(n))
         await js.purge_stream(EVENTS_STREAM)
-        ours = await our_publish(js, make_events(n))
+        b = await second(js, make_events(n))
+        raw, ours = (b, a) if ours_first else (a, b)
         last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
-        raw_p = await raw_project(js, tmp / "raw.duckdb", n)
-        ours_p = await our_project(js, tmp / "ours.duckdb", n, last)
+        if ours_first:
+            ours_p = await our_project(js, tmp / "ours.duckdb", n, last)
+            raw_p = await raw_project(js, tmp / "raw.duckdb", n)
+        else:
+            raw_p = await raw_project(js, tmp / "raw.duckdb", n)
+            ours_p = await our_project(js, tmp / "ours.duckdb", n, last)
     finally:
         await nc.close()
         await server.stop()
@@ -175,6 +184,7 @@ async def one_round(tmp: Path, n: int) -> dict[str, float]:
 
 
 async def main(n: int, rounds: int) -> None:
+    tune_gc()  # as the `vigil` command runs; raw and ours share the process, so both get it
     sample = make_events(3)
     sizes = [len(e.to_json()) for e in sample]
     versions = f"nats-py {version('nats-py')}, duckdb {duckdb.__version__}"
@@ -183,7 +193,11 @@ async def main(n: int, rounds: int) -> None:
     results = []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            results.append(await one_round(Path(tmp), n))
+            results.append(await one_round(Path(tmp), n, ours_first=len(results) % 2 == 1))
+        r = results[-1]
+        print(f"  round {len(results)}: publish {r['raw_pub']:,.0f} / {r['our_pub']:,.0f},"
+              f" project {r['raw_proj']:,.0f} / {r['our_proj']:,.0f},"
+              f" fsync {r['sync']:,.0f}")  # fmt: skip
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     report("publish", "raw publish_async", med["raw_pub"], med["our_pub"], "msg/s")
     report("project", "raw pipeline", med["raw_proj"], med["our_proj"], "ev/s")

@@ -56,6 +56,8 @@ class Projector:
         self.fetch_timeout = fetch_timeout
         self.durable = f"projector-{store.db_id[:12]}"
         self.applied = asyncio.Condition()
+        self.following = asyncio.Event()  # set once both consumers are subscribed
+        self._subscribed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(
@@ -100,6 +102,9 @@ class Projector:
 
         config = await self._restart_consumer(stream, durable, subject, handed)
         sub = await self.js.subscribe_bind(stream, config, durable, cb=on_message, manual_ack=True)
+        self._subscribed += 1
+        if self._subscribed == 2:
+            self.following.set()
         delivered = 0  # the consumer's number for the last message taken
         writing: asyncio.Task[None] | None = None
         try:

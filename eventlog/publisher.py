@@ -9,6 +9,7 @@ reply was lost in a broker restart. An event with no ack is reported, never assu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 
@@ -78,23 +79,24 @@ class EventPublisher:
     async def _await_acks(
         self, pending: dict[asyncio.Future[PubAck], uuid.UUID], failed: dict[uuid.UUID, str]
     ) -> dict[uuid.UUID, PubAck]:
+        # Acks arrive about in order, so awaiting each in turn under one deadline mostly finds
+        # it done already; asyncio.wait would hang a callback on every future.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._ack_timeout):
+                for future in pending:
+                    with contextlib.suppress(Exception):  # its error is read just below
+                        await future
         acked: dict[uuid.UUID, PubAck] = {}
-        if not pending:
-            return acked
-        done, late = await asyncio.wait(pending, timeout=self._ack_timeout)
-        for future in late:
-            future.cancel()
-            failed[pending[future]] = f"no acknowledgement within {self._ack_timeout:g}s"
-        for future in done:
-            exc = future.exception()
-            if exc is not None:
-                failed[pending[future]] = _reason(exc)
-                continue
-            ack = future.result()
-            if ack.stream != self._stream:
-                failed[pending[future]] = f"stored in stream {ack.stream}, not {self._stream}"
+        for future, event_id in pending.items():
+            if not future.done() or future.cancelled():
+                future.cancel()
+                failed[event_id] = f"no acknowledgement within {self._ack_timeout:g}s"
+            elif (exc := future.exception()) is not None:
+                failed[event_id] = _reason(exc)
+            elif (ack := future.result()).stream != self._stream:
+                failed[event_id] = f"stored in stream {ack.stream}, not {self._stream}"
             else:
-                acked[pending[future]] = ack
+                acked[event_id] = ack
         return acked
 
 

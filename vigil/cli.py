@@ -27,6 +27,7 @@ from vigil.app import broker, bus, run_projector, stop_on_signals
 from vigil.broker import BrokerError
 from vigil.runtime import read_runtime
 from vigil.settings import Settings
+from vigil.tuning import tune_gc
 
 app = typer.Typer(help="Vigil: incident response from Prometheus alerts, every step an event.")
 # soft_wrap: a message is one line even when the output is a pipe (rich would cut it at 80
@@ -245,6 +246,7 @@ async def wait_projected(cfg: Settings, seq: int) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tune_gc()
     try:
         app()
     except (CliError, SqlError, BrokerError, BusUnreachable) as exc:
