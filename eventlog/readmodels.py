@@ -8,10 +8,10 @@ back in the batch's transaction. No row holds anything the stream cannot rebuild
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -37,6 +37,7 @@ from eventlog.payloads import (
     ToolRequested,
 )
 
+RowT = TypeVar("RowT")
 SEVERITY_RANK = {"critical": 3, "error": 2, "warning": 1, "info": 0}
 # Statuses only move forward, except that a new firing anomaly re-opens a resolved incident.
 STATUS_RANK = {"open": 0, "investigating": 1, "diagnosed": 2, "remediating": 3, "resolved": 4}
@@ -169,15 +170,12 @@ TOOL_EVENTS = (ToolRequested, ToolCompleted, ToolFailed)
 
 
 def fold_tool_call(row: ToolCallRow | None, events: Sequence[Event]) -> ToolCallRow:
-    """A tool call after `events` (all about it); one row is built, not one per event."""
+    """A tool call after `events` (all about it)."""
     if row is None:
         first = events[0].data
         assert isinstance(first, TOOL_EVENTS)
         row = ToolCallRow(events[0].incident_id, first.tool_call_id, first.tool_name, "requested")
-    state = _state(row)
-    for event in events:
-        state.update(_tool_call_changes(event))
-    return ToolCallRow(**state)
+    return _fold(row, events, _tool_call_changes)
 
 
 def _tool_call_changes(event: Event) -> dict[str, Any]:
@@ -224,10 +222,7 @@ def fold_saga_step(row: SagaStepRow | None, events: Sequence[Event]) -> SagaStep
         first = events[0].data
         assert isinstance(first, SAGA_STEP_EVENTS)
         row = SagaStepRow(first.saga_id, first.step, events[0].incident_id, first.action, "started")
-    state = _state(row)
-    for event in events:
-        state.update(_saga_step_changes(event))
-    return SagaStepRow(**state)
+    return _fold(row, events, _saga_step_changes)
 
 
 def _saga_step_changes(event: Event) -> dict[str, Any]:
@@ -245,6 +240,14 @@ def _saga_step_changes(event: Event) -> dict[str, Any]:
         return {"status": "compensated", "compensated_at": at}
     assert isinstance(data, CompensationFailed)
     return {"status": "compensation_failed", "error": data.error}
+
+
+def _fold(row: RowT, events: Sequence[Event], changes: Callable[[Event], dict[str, Any]]) -> RowT:
+    """Apply each event's changes to one mutable copy and build one row, not one per event."""
+    state = _state(row)
+    for event in events:
+        state.update(changes(event))
+    return type(row)(**state)
 
 
 def _state(row: Any) -> dict[str, Any]:

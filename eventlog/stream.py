@@ -22,28 +22,33 @@ DEAD_LETTER_PREFIX = "vigil.dlq"
 DEFAULT_DUPLICATE_WINDOW = 120.0
 
 
-def events_stream_config(
-    *, replicas: int = 1, duplicate_window: float = DEFAULT_DUPLICATE_WINDOW
+def _file_stream(
+    name: str, description: str, subject: str, replicas: int, duplicate_window: float
 ) -> StreamConfig:
     return StreamConfig(
-        name=EVENTS_STREAM,
-        description="Vigil: every fact, the source of truth",
-        subjects=[f"{SUBJECT_PREFIX}.>"],
+        name=name,
+        description=description,
+        subjects=[subject],
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=duplicate_window,
     )
 
 
+def events_stream_config(
+    *, replicas: int = 1, duplicate_window: float = DEFAULT_DUPLICATE_WINDOW
+) -> StreamConfig:
+    return _file_stream(
+        EVENTS_STREAM, "Vigil: every fact, the source of truth", f"{SUBJECT_PREFIX}.>",
+        replicas, duplicate_window,
+    )  # fmt: skip
+
+
 def dead_letter_stream_config(*, replicas: int = 1) -> StreamConfig:
-    return StreamConfig(
-        name=DEAD_LETTER_STREAM,
-        description="Vigil: messages a consumer gave up on, with the reason",
-        subjects=[f"{DEAD_LETTER_PREFIX}.>"],
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=DEFAULT_DUPLICATE_WINDOW,
-    )
+    return _file_stream(
+        DEAD_LETTER_STREAM, "Vigil: messages a consumer gave up on, with the reason",
+        f"{DEAD_LETTER_PREFIX}.>", replicas, DEFAULT_DUPLICATE_WINDOW,
+    )  # fmt: skip
 
 
 async def ensure_streams(
