@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from nats.aio.msg import Msg
@@ -94,68 +95,12 @@ class Projector:
     async def _follow(
         self, stream: str, durable: str, subject: str, prepare: Prepare, stop: asyncio.Event
     ) -> None:
-        """Take batch N+1 while batch N is written, so reading and writing overlap instead of
-        adding up. Writes run one at a time, in order, so acks stay in order."""
-        handed = self.store.last_seq(stream)  # highest sequence given to a write
-        arrived = _Arrivals(self.batch)
-        on_message = arrived.put
-
-        config = await self._restart_consumer(stream, durable, subject, handed)
-        sub = await self.js.subscribe_bind(stream, config, durable, cb=on_message, manual_ack=True)
+        follow = _Follow(self, stream, durable, subject, prepare)
+        await follow.start()
         self._subscribed += 1
         if self._subscribed == 2:
             self.following.set()
-        delivered = 0  # the consumer's number for the last message taken
-        writing: asyncio.Task[None] | None = None
-        try:
-            while not stop.is_set():
-                if writing is not None and writing.done():
-                    # Raises if the write failed: the projector stops at once, with the cause,
-                    # rather than waiting on a consumer whose ack window has filled up.
-                    await writing
-                    writing = None
-                msgs = await arrived.take(self.fetch_timeout)
-                if not msgs:
-                    continue
-                if not _consecutive(msgs, delivered):
-                    # Deliveries went missing (lost with a server that was killed, say): acking
-                    # past them (AckPolicy.ALL) would skip them for good. Start the consumer
-                    # again right after the last message handed to a write.
-                    first = msgs[0].metadata.sequence.consumer
-                    log.warning(
-                        "%s: delivery %d follows %d: restarting at %d",
-                        durable, first, delivered, handed + 1,
-                    )  # fmt: skip
-                    if writing is not None:
-                        await writing
-                        writing = None
-                    restarted = await self._restart_when_possible(
-                        stream, durable, subject, handed, stop
-                    )
-                    if restarted is None:
-                        break
-                    await sub.unsubscribe()
-                    arrived.clear()  # what came before the restart is dropped
-                    sub = await self.js.subscribe_bind(
-                        stream, restarted, durable, cb=on_message, manual_ack=True
-                    )
-                    delivered = 0
-                    continue
-                delivered = msgs[-1].metadata.sequence.consumer
-                # At or below `handed`: applied already (or being applied), delivered again.
-                fresh = [m for m in msgs if m.metadata.sequence.stream > handed]
-                write = await prepare(stream, fresh) if fresh else None
-                if fresh:
-                    handed = fresh[-1].metadata.sequence.stream
-                if writing is not None:
-                    await writing  # a failed write ends the loop: nothing after it is applied
-                writing = asyncio.create_task(self._commit(write, msgs[-1]))
-            if writing is not None:
-                await writing
-        finally:
-            if writing is not None and not writing.done():
-                writing.cancel()
-            await sub.unsubscribe()
+        await follow.run(stop)
 
     async def _commit(self, write: Write | None, last: Msg) -> None:
         if write is not None:
@@ -242,6 +187,90 @@ class Projector:
 def _consecutive(msgs: list[Msg], after: int) -> bool:
     """Whether these are the deliveries numbered after+1, after+2, ...: none went missing."""
     return all(m.metadata.sequence.consumer == after + i for i, m in enumerate(msgs, 1))
+
+
+class _Follow:
+    """One stream followed into the file: its consumer, what has arrived, the write in flight.
+
+    Batch N+1 is taken and prepared while batch N is written, so reading and writing overlap
+    instead of adding up. Writes run one at a time, in order, so acks stay in order.
+    """
+
+    def __init__(
+        self, projector: Projector, stream: str, durable: str, subject: str, prepare: Prepare
+    ) -> None:
+        self.p, self.stream, self.durable, self.subject = projector, stream, durable, subject
+        self.prepare = prepare
+        self.handed = projector.store.last_seq(stream)  # highest sequence given to a write
+        self.delivered = 0  # the consumer's number for the last message taken
+        self.arrived = _Arrivals(projector.batch)
+        self.writing: asyncio.Task[None] | None = None
+        self.sub: Any = None
+
+    async def start(self) -> None:
+        config = await self.p._restart_consumer(
+            self.stream, self.durable, self.subject, self.handed
+        )
+        await self._subscribe(config)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                if self.writing is not None and self.writing.done():
+                    # Raises if the write failed: the projector stops at once, with the cause,
+                    # rather than waiting on a consumer whose ack window has filled up.
+                    await self._finish_write()
+                msgs = await self.arrived.take(self.p.fetch_timeout)
+                if not msgs:
+                    continue
+                if _consecutive(msgs, self.delivered):
+                    await self._hand_over(msgs)
+                elif not await self._start_over(msgs, stop):
+                    break
+            await self._finish_write()
+        finally:
+            if self.writing is not None and not self.writing.done():
+                self.writing.cancel()
+            await self.sub.unsubscribe()
+
+    async def _hand_over(self, msgs: list[Msg]) -> None:
+        self.delivered = msgs[-1].metadata.sequence.consumer
+        # At or below `handed`: applied already (or being applied), delivered again.
+        fresh = [m for m in msgs if m.metadata.sequence.stream > self.handed]
+        write = await self.prepare(self.stream, fresh) if fresh else None
+        if fresh:
+            self.handed = fresh[-1].metadata.sequence.stream
+        await self._finish_write()  # a failed write ends the loop: nothing after it is applied
+        self.writing = asyncio.create_task(self.p._commit(write, msgs[-1]))
+
+    async def _start_over(self, msgs: list[Msg], stop: asyncio.Event) -> bool:
+        """Deliveries went missing (lost with a server that was killed, say): acking past them
+        (AckPolicy.ALL) would skip them for good. Start the consumer again right after the
+        last message handed to a write. False if told to stop meanwhile."""
+        gap = msgs[0].metadata.sequence.consumer
+        log.warning("%s: delivery %d follows %d: restarting at %d",
+                    self.durable, gap, self.delivered, self.handed + 1)  # fmt: skip
+        await self._finish_write()
+        config = await self.p._restart_when_possible(
+            self.stream, self.durable, self.subject, self.handed, stop
+        )
+        if config is None:
+            return False
+        await self.sub.unsubscribe()
+        self.arrived.clear()  # what came before the restart is dropped
+        await self._subscribe(config)
+        return True
+
+    async def _subscribe(self, config: ConsumerConfig) -> None:
+        self.delivered = 0
+        self.sub = await self.p.js.subscribe_bind(
+            self.stream, config, self.durable, cb=self.arrived.put, manual_ack=True
+        )
+
+    async def _finish_write(self) -> None:
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            await writing
 
 
 class _Arrivals:
