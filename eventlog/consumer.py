@@ -27,6 +27,7 @@ from eventlog.stream import EVENTS_STREAM
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event], Awaitable[None]]
+DEAD_LETTER_RETRIES = 3
 
 
 class ConsumerSpec(BaseModel):
@@ -49,7 +50,9 @@ class ConsumerSpec(BaseModel):
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.ack_wait,
-            max_deliver=self.max_deliver,
+            # Spare deliveries beyond the handler's tries: they retry recording the dead letter
+            # if that failed, so a poison message is never dropped unrecorded.
+            max_deliver=self.max_deliver + DEAD_LETTER_RETRIES,
             max_ack_pending=max(1000, self.concurrency * 4),
         )
 
@@ -84,6 +87,9 @@ async def _settle(js: JetStreamContext, spec: ConsumerSpec, handler: Handler, ms
     except MalformedEvent as exc:
         await _give_up(js, spec, msg, f"malformed event: {exc.reason}")
         return
+    if msg.metadata.num_delivered > spec.max_deliver:  # a spare delivery: only record it
+        await _give_up(js, spec, msg, f"handler failed {spec.max_deliver} times (see the log)")
+        return
     heartbeat = asyncio.create_task(_keep_alive(msg, spec.ack_wait / 3))
     try:
         await handler(event)
@@ -108,8 +114,14 @@ async def _settle(js: JetStreamContext, spec: ConsumerSpec, handler: Handler, ms
 
 
 async def _give_up(js: JetStreamContext, spec: ConsumerSpec, msg: Msg, reason: str) -> None:
-    # Recorded before term: if the record fails, the message is redelivered, not lost.
-    await record_dead_letter(js, dead_letter_for(msg, consumer=spec.durable, reason=reason))
+    """Record, then terminate; if the record fails, a spare delivery brings the message back."""
+    try:
+        await record_dead_letter(js, dead_letter_for(msg, consumer=spec.durable, reason=reason))
+    except Exception:
+        log.exception("%s: could not record the dead letter for %s seq %d; retrying",
+                      spec.durable, msg.subject, msg.metadata.sequence.stream)  # fmt: skip
+        await msg.nak(delay=spec.retry_backoff)
+        return
     await msg.term()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from eventlog.consumer import ConsumerSpec, consume
 from eventlog.deadletter import DeadLetter
 from eventlog.envelope import Event
 from eventlog.publisher import EventPublisher
-from eventlog.stream import DEAD_LETTER_STREAM, EVENTS_STREAM
+from eventlog.stream import DEAD_LETTER_STREAM, EVENTS_STREAM, ensure_streams
 from tests.eventlog.samples import steps
 from vigil.broker import EmbeddedNats
 
@@ -181,3 +182,41 @@ async def test_two_processes_share_one_durable_and_split_the_work(
     assert not one & two, "a message was handled by both processes"
     assert len(handled["w1"]) + len(handled["w2"]) == total  # and none twice by one
     assert one and two, "both processes took a share of the work"
+
+
+async def test_a_dead_letter_that_cannot_be_recorded_is_retried_not_dropped(
+    js: JetStreamContext,
+) -> None:
+    """The dead-letter stream is gone when the handler gives up: the message must come back
+    (a spare delivery) and be recorded once the stream is there again."""
+    failed_to_record = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "could not record the dead letter" in record.getMessage():
+                failed_to_record.set()
+
+    watch = Watch()
+    logging.getLogger("eventlog.consumer").addHandler(watch)
+    await js.delete_stream(DEAD_LETTER_STREAM)
+    calls = 0
+
+    async def always_fails(event: Event) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("poison")
+
+    spec = ConsumerSpec(
+        durable="t-norecord", filter_subject="vigil.evt.>", max_deliver=2, retry_backoff=0.2
+    )
+    try:
+        async with consuming(js, spec, always_fails):
+            await EventPublisher(js).publish_many(steps(1))
+            await asyncio.wait_for(failed_to_record.wait(), 20)
+            await ensure_streams(js)  # the dead-letter stream is back
+            letter = await next_dead_letter(js)
+    finally:
+        logging.getLogger("eventlog.consumer").removeHandler(watch)
+    assert calls == 2  # spare deliveries do not run the handler again
+    assert letter.consumer == "t-norecord"
+    assert letter.deliveries > 2
