@@ -11,7 +11,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 
 from eventlog.payloads import PAYLOAD_TYPES, Payload
 
@@ -29,7 +37,7 @@ class Event(BaseModel):
     id: uuid.UUID
     type: str
     incident_id: Annotated[str, Field(pattern=INCIDENT_ID_PATTERN)]
-    occurred_at: datetime
+    occurred_at: AwareDatetime
     source: Annotated[str, Field(min_length=1)]
     causation_id: uuid.UUID | None = None
     correlation_id: uuid.UUID | None = None

@@ -1,9 +1,8 @@
 """Facts the ingestion roles (Alertmanager webhook, metrics detector) record."""
 
-from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from eventlog.payloads.base import Payload
 
@@ -17,7 +16,7 @@ class AnomalyDetected(Payload):
     origin: AnomalyOrigin
     name: str = Field(min_length=1, description="alertname or detector rule name")
     fingerprint: str = Field(min_length=1, description="stable id of the alerting series")
-    starts_at: datetime
+    starts_at: AwareDatetime
     labels: Labels = Field(default_factory=dict)
     annotations: Labels = Field(default_factory=dict)
     service: str | None = None
@@ -33,8 +32,8 @@ class AnomalyResolved(Payload):
     origin: AnomalyOrigin
     name: str = Field(min_length=1)
     fingerprint: str = Field(min_length=1)
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
     labels: Labels = Field(default_factory=dict)
     value: float | None = None
 
@@ -49,5 +48,5 @@ class AnomalyPredicted(Payload):
     severity: str | None = None
     current_value: float
     threshold: float
-    predicted_crossing_at: datetime
+    predicted_crossing_at: AwareDatetime
     horizon_seconds: float = Field(gt=0)

@@ -1,9 +1,8 @@
 """Facts about the incident as people handle it: notices, acks, resolution, changes."""
 
-from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from eventlog.payloads.base import Payload
 
@@ -36,5 +35,5 @@ class ChangeRecorded(Payload):
     kind: str = Field(default="deploy", min_length=1)
     description: str = ""
     author: str | None = None
-    changed_at: datetime
+    changed_at: AwareDatetime
     ref: str | None = None

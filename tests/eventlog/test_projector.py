@@ -7,10 +7,12 @@ import contextlib
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 from nats.js import JetStreamContext
 
@@ -325,3 +327,26 @@ async def test_a_failed_write_stops_the_projector_with_its_cause(
     await EventPublisher(js).publish_many(steps(5, incident="inc-2"))
     with pytest.raises(duckdb.ConnectionException):
         await asyncio.wait_for(task, 20)
+
+
+async def test_unusual_but_valid_json_is_stored_as_validated(
+    js: JetStreamContext, db_path: Path
+) -> None:
+    """What pydantic accepts, DuckDB stores: an epoch time and a urn:uuid id are fine, a time
+    without a zone is a dead letter, and the projector keeps going either way."""
+    base = orjson.loads(steps(1)[0].to_json())
+    epoch = {**base, "id": str(uuid.uuid4()), "occurred_at": 1764000000}
+    urn = {**base, "id": f"urn:uuid:{uuid.uuid4()}"}
+    naive = {**base, "id": str(uuid.uuid4()), "occurred_at": "2026-11-24T12:00:00"}
+    for body in (epoch, urn, naive):
+        await js.publish("vigil.evt.inc-1.AgentStep", orjson.dumps(body))
+    acks = await EventPublisher(js).publish_many(steps(1, incident="inc-2"))
+    async with projecting(js, db_path) as projector:
+        await projector.wait_for(acks[-1].seq)
+    assert rows(db_path, "SELECT seq, epoch(occurred_at)::BIGINT FROM events ORDER BY seq")[:2] == [
+        (1, 1764000000),
+        (2, int(T0.timestamp())),
+    ]
+    assert rows(db_path, "SELECT count(*) FROM events") == [(3,)]
+    (reason,) = rows(db_path, "SELECT reason FROM dead_letters")[0]
+    assert "occurred_at" in reason and "timezone" in reason.lower()
