@@ -21,6 +21,17 @@ import duckdb
 from pydantic import BaseModel
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+# A read never needs these words outside a string; a WITH clause can hide a DELETE ... RETURNING
+# inside a statement DuckDB calls a SELECT, and checkpoint() is a table function that writes.
+WRITE_KEYWORDS = frozenset(
+    {
+        "INSERT", "UPDATE", "DELETE", "MERGE", "RETURNING", "COPY", "ATTACH", "DETACH",
+        "CHECKPOINT", "EXPORT", "IMPORT", "INSTALL", "LOAD", "PRAGMA", "SET", "RESET",
+        "CREATE", "DROP", "ALTER", "TRUNCATE", "VACUUM", "CALL", "USE", "BEGIN", "COMMIT",
+        "ROLLBACK",
+    }
+)  # fmt: skip
+WORD = re.compile(r"\w+")
 EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", re.IGNORECASE)
 DEFAULT_MAX_ROWS = 10_000
 
@@ -60,12 +71,22 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             f"only read statements run: {kind.name} is refused "
             "(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN are allowed)"
         )
+    for position, token in duckdb.tokenize(sql):
+        if token == duckdb.token_type.keyword:
+            word = WORD.match(sql, position)
+            if word and word.group().upper() in WRITE_KEYWORDS:
+                raise SqlRefused(f"only reads run: {word.group().upper()} in a query is refused")
 
 
 def _check_explained(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """EXPLAIN ANALYZE runs what it explains, so what is explained must be a read too."""
     inner = EXPLAIN_PREFIX.sub("", sql, count=1)
-    kinds = [s.type for s in con.extract_statements(inner)]
+    try:
+        kinds = [s.type for s in con.extract_statements(inner)]
+    except duckdb.ParserException:
+        raise SqlError(
+            "EXPLAIN takes no options here: write EXPLAIN [ANALYZE] SELECT ..."
+        ) from None
     if kinds != [duckdb.StatementType.SELECT]:
         found = kinds[0].name if kinds else "nothing"
         raise SqlRefused(f"only read statements run: EXPLAIN of {found} is refused")

@@ -8,6 +8,8 @@ for each other. It is a NATS micro service: `nats micro ls` shows it with its st
 
 from __future__ import annotations
 
+import asyncio
+
 import duckdb
 import orjson
 from nats.aio.client import Client as NATS
@@ -45,20 +47,30 @@ async def serve_sql(
     *,
     timeout: float = 30.0,
     max_rows: int = DEFAULT_MAX_ROWS,
+    parallel: int = 4,
 ) -> Service:
-    """Answer on `vigil.sql.<db_id>`; a client may ask for fewer rows than `max_rows`, not more."""
+    """Answer on `vigil.sql.<db_id>`; a client may ask for fewer rows than `max_rows`, not more.
+    Up to `parallel` queries run at once, each on its own cursor, so one slow query does not
+    hold up everyone else's."""
+    slots = asyncio.Semaphore(parallel)
+    running: set[asyncio.Task[None]] = set()
+
+    async def answer(request: Request) -> None:
+        async with slots:
+            try:
+                ask = SqlRequest.model_validate_json(request.data)
+                rows = min(ask.max_rows, max_rows)
+                reply = SqlReply(result=await query(con, ask.sql, max_rows=rows, timeout=timeout))
+            except SqlError as exc:
+                reply = SqlReply(error=str(exc), refused=isinstance(exc, SqlRefused))
+            except ValueError as exc:
+                reply = SqlReply(error=f"bad request: {exc}")
+            await request.respond(_fit(reply, nc.max_payload))
 
     async def handle(request: Request) -> None:
-        try:
-            ask = SqlRequest.model_validate_json(request.data)
-            rows = min(ask.max_rows, max_rows)
-            result = await query(con, ask.sql, max_rows=rows, timeout=timeout)
-            reply = SqlReply(result=result)
-        except SqlError as exc:
-            reply = SqlReply(error=str(exc), refused=isinstance(exc, SqlRefused))
-        except ValueError as exc:
-            reply = SqlReply(error=f"bad request: {exc}")
-        await request.respond(orjson.dumps(reply.model_dump(mode="json")))
+        task = asyncio.create_task(answer(request))
+        running.add(task)
+        task.add_done_callback(running.discard)
 
     service = await add_service(
         nc, name="vigil-sql", version="0.1.0", description="read-only SQL on the read model"
@@ -66,6 +78,21 @@ async def serve_sql(
     await service.add_endpoint(name="query", subject=sql_subject(db_id), handler=handle)
     await nc.flush()  # the server knows the subscription before anyone is told we are ready
     return service
+
+
+def _fit(reply: SqlReply, limit: int) -> bytes:
+    """The reply as JSON within NATS's max payload: rows are dropped (and the result marked
+    truncated) until it fits."""
+    body = orjson.dumps(reply.model_dump(mode="json"))
+    result = reply.result
+    while len(body) > limit and result is not None and len(result.rows) > 1:
+        keep = max(1, min(len(result.rows) - 1, int(len(result.rows) * limit * 0.9 / len(body))))
+        result = QueryResult(columns=result.columns, rows=result.rows[:keep], truncated=True)
+        body = orjson.dumps(SqlReply(result=result).model_dump(mode="json"))
+    if len(body) > limit:
+        too_big = SqlReply(error=f"one row is larger than the bus allows ({limit} bytes)")
+        body = orjson.dumps(too_big.model_dump(mode="json"))
+    return body
 
 
 async def request_sql(
@@ -81,7 +108,10 @@ async def request_sql(
         ) from None
     except NatsTimeoutError:
         raise SqlError(f"the running Vigil did not answer within {timeout:g}s") from None
-    reply = SqlReply.model_validate_json(msg.data)
+    try:
+        reply = SqlReply.model_validate_json(msg.data)
+    except ValueError:
+        raise SqlError("the running Vigil sent a reply that is not a query result") from None
     if reply.error is not None:
         raise (SqlRefused if reply.refused else SqlError)(reply.error)
     assert reply.result is not None

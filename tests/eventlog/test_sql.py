@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -198,3 +200,56 @@ async def test_the_service_caps_rows_whatever_is_asked(store: ProjectionStore, n
     finally:
         await service.stop()
     assert len(result.rows) == 5 and result.truncated
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "WITH d AS (DELETE FROM projector_checkpoints RETURNING *) SELECT * FROM d",
+        "WITH u AS (UPDATE incidents SET status = 'x' RETURNING *) SELECT count(*) FROM u",
+        "WITH i AS (INSERT INTO projector_meta VALUES ('k', 'v') RETURNING *) SELECT * FROM i",
+        "EXPLAIN ANALYZE WITH d AS (DELETE FROM events RETURNING *) SELECT * FROM d",
+        "SELECT * FROM checkpoint()",
+    ],
+)
+def test_writes_hidden_in_a_select_are_refused(store: ProjectionStore, sql: str) -> None:
+    with pytest.raises(SqlRefused, match="in a query is refused"):
+        run_read_only(store.con, sql)
+
+
+def test_words_in_strings_and_names_are_fine(store: ProjectionStore) -> None:
+    sql = "SELECT 'delete me' AS note, type AS update_kind FROM events LIMIT 1"
+    assert run_read_only(store.con, sql).rows == [["delete me", "AgentStep"]]
+
+
+def test_explain_with_options_is_a_clear_error(store: ProjectionStore) -> None:
+    with pytest.raises(SqlError, match="EXPLAIN takes no options"):
+        run_read_only(store.con, "EXPLAIN (FORMAT json) SELECT 1")
+
+
+async def test_a_reply_too_big_for_the_bus_is_cut_to_fit(store: ProjectionStore, nc: NATS) -> None:
+    service = await serve_sql(nc, store.con, store.db_id)
+    subject = sql_subject(store.db_id)
+    try:
+        big = await request_sql(nc, subject, "SELECT repeat('x', 100000) FROM range(30)")
+        with pytest.raises(SqlError, match="larger than the bus allows"):
+            await request_sql(nc, subject, "SELECT repeat('x', 3000000)")
+    finally:
+        await service.stop()
+    assert big.truncated and 0 < len(big.rows) < 30
+    assert len(orjson.dumps(big.rows)) < nc.max_payload
+
+
+async def test_a_slow_query_does_not_hold_up_the_others(store: ProjectionStore, nc: NATS) -> None:
+    service = await serve_sql(nc, store.con, store.db_id, timeout=20)
+    subject = sql_subject(store.db_id)
+    try:
+        slow = asyncio.create_task(
+            request_sql(nc, subject, "SELECT count(*) FROM range(20000000000)", timeout=30)
+        )
+        quick = await request_sql(nc, subject, "SELECT count(*) FROM events", timeout=5)
+        assert not slow.done()
+        slow.cancel()
+    finally:
+        await service.stop()
+    assert quick.rows == [[30]]
