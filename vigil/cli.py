@@ -25,6 +25,7 @@ from eventlog.store import open_database
 from eventlog.stream import BusUnreachable, connect
 from vigil.app import broker, bus, run_projector, stop_on_signals
 from vigil.broker import BrokerError
+from vigil.datadir import DataDirBusy, holding
 from vigil.runtime import read_runtime
 from vigil.settings import Settings
 from vigil.tuning import tune_gc
@@ -85,7 +86,8 @@ def up() -> None:
             await run_projector(cfg, url, stop, on_ready=ready)
         console.print("vigil stopped")
 
-    asyncio.run(main())
+    with holding(cfg.data_dir):
+        asyncio.run(main())
 
 
 @app.command()
@@ -102,7 +104,8 @@ def projector() -> None:
         assert cfg.nats_url
         await run_projector(cfg, cfg.nats_url, stop, on_ready=lambda: console.print("projecting"))
 
-    asyncio.run(main())
+    with holding(cfg.data_dir):
+        asyncio.run(main())
 
 
 @app.command()
@@ -200,7 +203,12 @@ def replay_cmd(
             f"up to sequence {report.last_seq} into {report.path}"
         )
 
-    asyncio.run(main())
+    # The data dir is ours while we replace its file or run its embedded broker.
+    if output is None or not cfg.nats_url:
+        with holding(cfg.data_dir):
+            asyncio.run(main())
+    else:
+        asyncio.run(main())
 
 
 @app.command()
@@ -216,7 +224,11 @@ def demo() -> None:
             stop = asyncio.Event()
             ready = asyncio.Event()
             roles = asyncio.create_task(run_projector(cfg, url, stop, on_ready=ready.set))
-            await ready.wait()
+            up = asyncio.create_task(ready.wait())
+            await asyncio.wait({roles, up}, return_when=asyncio.FIRST_COMPLETED)
+            if roles.done():
+                up.cancel()
+                await roles  # it ended before it was ready: say why
             async with bus(cfg, url, "vigil-demo") as nc:
                 story = demo_incident()
                 acks = await EventPublisher(nc.jetstream()).publish_many(story)
@@ -230,7 +242,8 @@ def demo() -> None:
             await roles
         console.print(f'query it yourself: vigil sql "SELECT * FROM incidents" ({cfg.db_path})')
 
-    asyncio.run(main())
+    with holding(cfg.data_dir):
+        asyncio.run(main())
 
 
 async def wait_projected(cfg: Settings, seq: int) -> None:
@@ -249,6 +262,6 @@ def main() -> None:
     tune_gc()
     try:
         app()
-    except (CliError, SqlError, BrokerError, BusUnreachable) as exc:
+    except (CliError, SqlError, BrokerError, BusUnreachable, DataDirBusy) as exc:
         err.print(f"vigil: {exc}", markup=False, highlight=False)
         raise SystemExit(2) from None

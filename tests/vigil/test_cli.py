@@ -31,6 +31,7 @@ from eventlog.payloads import AnomalyDetected
 from eventlog.store import ProjectionStore
 from vigil.broker import EmbeddedNats
 from vigil.demo import demo_incident
+from vigil.runtime import read_runtime
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 COUNT_EVENTS = "SELECT count(*) AS n FROM events"
@@ -274,6 +275,23 @@ def busy_port() -> Iterator[int]:
 async def test_up_on_a_port_in_use(tmp_path: Path, busy_port: int) -> None:
     done = await run_vigil("up", env=vigil_env(tmp_path / "data", nats_port=str(busy_port)))
     one_line_error(done, f"port {busy_port}", "already in use", "VIGIL_NATS_PORT")
+
+
+@pytest.mark.parametrize("command", ["up", "demo", "replay"])
+async def test_one_vigil_per_data_dir(tmp_path: Path, vigil_up: StartUp, command: str) -> None:
+    """A second Vigil on the same data dir would run a second nats-server on the same store."""
+    data = tmp_path / "data"
+    first = await vigil_up(data)
+    runtime = await first.up()
+    done = await run_vigil(command, env=vigil_env(data))
+    if command == "replay":  # it names the file it would replace
+        one_line_error(done, f"{data / 'vigil.duckdb'} is in use", "--output")
+    else:
+        one_line_error(done, f"data dir {data} is in use by vigil pid {first.pid}")
+    # The first one is untouched and still answers.
+    again = await run_vigil("sql", "SELECT 1 AS one", "--format", "json", env=vigil_env(data))
+    assert again.rc == 0 and '"one":1' in again.out
+    assert read_runtime(data) == runtime
 
 
 @pytest.mark.parametrize("command", ["up", "demo", "replay"])
