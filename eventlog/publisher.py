@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from nats.js.errors import TooManyStalledMsgsError
 
 from eventlog.envelope import Event
 from eventlog.stream import EVENTS_STREAM
@@ -56,7 +57,7 @@ class EventPublisher:
         """Publish all at once; raise PublishError naming every event that was not stored."""
         failed: dict[uuid.UUID, str] = {}
         pending: dict[asyncio.Future[PubAck], uuid.UUID] = {}
-        for event in events:
+        for i, event in enumerate(events):
             # A bound on the wait for a free slot costs a task per call in nats-py, so it is
             # given only when the window of unacked publishes is full and the call could stall.
             full = self._js.publish_async_pending() >= self._max_pending
@@ -67,7 +68,13 @@ class EventPublisher:
                     wait_stall=self._ack_timeout if full else None,
                     headers={MSG_ID_HEADER: str(event.id)},
                 )
-            except Exception as exc:  # the client refused it: closed, buffer full, stalled
+            except TooManyStalledMsgsError:
+                _honour_cancellation(pending)  # nats-py turns our cancellation into this
+                # No ack freed a slot for ack_timeout: the rest would wait just as long each.
+                reason = f"{self._max_pending} publishes unacknowledged for {self._ack_timeout:g}s"
+                failed.update(dict.fromkeys((e.id for e in events[i:]), reason))
+                break
+            except Exception as exc:  # the client refused it: closed, buffer full
                 failed[event.id] = _reason(exc)
             else:
                 pending[future] = event.id
@@ -98,6 +105,14 @@ class EventPublisher:
             else:
                 acked[event_id] = ack
         return acked
+
+
+def _honour_cancellation(pending: dict[asyncio.Future[PubAck], uuid.UUID]) -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        for future in pending:
+            future.cancel()
+        raise asyncio.CancelledError
 
 
 def _reason(exc: BaseException) -> str:

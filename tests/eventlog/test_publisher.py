@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 
@@ -125,3 +126,39 @@ async def test_no_broker_at_first_is_a_clear_error_not_a_hang() -> None:
     with pytest.raises(BusUnreachable, match=r"cannot reach NATS at nats://127\.0\.0\.1:1\b"):
         await connect("nats://127.0.0.1:1", first_attempts=2)
     assert loop.time() - started < 10
+
+
+async def test_a_full_window_fails_the_rest_at_once(nats_server: EmbeddedNats) -> None:
+    """With the broker gone and the window of unacked publishes full, the rest of the call
+    fails together after one ack_timeout, not one ack_timeout per event."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream(publish_async_max_pending=5)
+    await ensure_streams(js)
+    await nats_server.stop()
+    events = steps(40)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(PublishError) as caught:
+        await EventPublisher(js, ack_timeout=0.5, max_pending=5).publish_many(events)
+    assert loop.time() - started < 3
+    assert set(caught.value.failed) == {e.id for e in events}
+    assert "unacknowledged" in caught.value.failed[events[-1].id]
+    with contextlib.suppress(ConnectionResetError):  # nats-py: closing with no server left
+        await nc.close()
+
+
+async def test_a_caller_deadline_is_kept_while_the_window_is_full(
+    nats_server: EmbeddedNats,
+) -> None:
+    nc = await connect(nats_server.url)
+    js = nc.jetstream(publish_async_max_pending=5)
+    await ensure_streams(js)
+    await nats_server.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await EventPublisher(js, ack_timeout=10, max_pending=5).publish_many(steps(40))
+    assert loop.time() - started < 2
+    with contextlib.suppress(ConnectionResetError):  # nats-py: closing with no server left
+        await nc.close()
