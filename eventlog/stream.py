@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -57,18 +58,34 @@ async def ensure_streams(
     replicas: int = 1,
     duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
 ) -> None:
-    """Create the streams, or bring an existing one's settings up to date."""
-    for config in (
+    """Create the streams, or bring the settings Vigil owns up to date on an existing one.
+
+    Everything else an operator set (limits, max_age, placement) is kept, and replicas are
+    never lowered from here: a process started without VIGIL_STREAM_REPLICAS must not shrink
+    a 3-replica stream to 1.
+    """
+    for wanted in (
         events_stream_config(replicas=replicas, duplicate_window=duplicate_window),
         dead_letter_stream_config(replicas=replicas),
     ):
+        name = wanted.name or ""
         try:
-            await js.stream_info(config.name or "")
+            info = await js.stream_info(name)
         except NotFoundError:
-            await js.add_stream(config)
-            log.info("created stream %s (replicas=%d)", config.name, replicas)
-        else:
-            await js.update_stream(config)
+            await js.add_stream(wanted)
+            log.info("created stream %s (replicas=%d)", name, replicas)
+            continue
+        have = info.config
+        if (have.num_replicas or 1) > replicas:
+            log.warning("stream %s keeps its %d replicas (VIGIL_STREAM_REPLICAS=%d)",
+                        name, have.num_replicas, replicas)  # fmt: skip
+        update = {
+            "subjects": wanted.subjects,
+            "duplicate_window": wanted.duplicate_window,
+            "num_replicas": max(have.num_replicas or 1, replicas),
+        }
+        if any(getattr(have, k) != v for k, v in update.items()):
+            await js.update_stream(dataclasses.replace(have, **update))
 
 
 def split_servers(url: str | Sequence[str]) -> list[str]:

@@ -336,3 +336,18 @@ async def test_kill_leader_node_while_publishing_and_projecting(
     assert rows == info.state.messages, summary
     # Two of three nodes are a quorum: with retries, every event ends up acknowledged.
     assert len(tally.acked) == len(published), summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_process_without_the_replicas_setting_does_not_shrink_the_stream(
+    cluster_urls: str,
+) -> None:
+    nc = await connect(cluster_urls, name="vigil-default-replicas")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)  # replicas=1, as from a process started without the setting
+        info = await js.stream_info(EVENTS_STREAM)
+    finally:
+        await nc.close()
+    assert info.config.num_replicas == NODES

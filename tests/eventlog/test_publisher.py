@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections import Counter
 
@@ -162,3 +163,12 @@ async def test_a_caller_deadline_is_kept_while_the_window_is_full(
     assert loop.time() - started < 2
     with contextlib.suppress(ConnectionResetError):  # nats-py: closing with no server left
         await nc.close()
+
+
+async def test_stream_setup_keeps_what_an_operator_set(js: JetStreamContext) -> None:
+    info = await js.stream_info(EVENTS_STREAM)
+    await js.update_stream(dataclasses.replace(info.config, max_age=7 * 24 * 3600.0))
+    await ensure_streams(js, duplicate_window=60)
+    after = (await js.stream_info(EVENTS_STREAM)).config
+    assert after.max_age == 7 * 24 * 3600.0
+    assert after.duplicate_window == 60
