@@ -170,18 +170,18 @@ class Projector:
             batch.append(StoredMessage(meta.sequence.stream, msg.data, event))
         return functools.partial(self.store.apply_events, stream, batch)
 
-    async def _prepare_dead_letters(self, stream: str, msgs: list[Msg]) -> Write | None:
+    async def _prepare_dead_letters(self, stream: str, msgs: list[Msg]) -> Write:
         letters = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
             try:
-                letters.append((seq, DeadLetter.model_validate(orjson.loads(msg.data))))
+                letters.append(DeadLetter.model_validate(orjson.loads(msg.data)))
             except (ValueError, orjson.JSONDecodeError) as exc:
                 # Not ours (someone published to vigil.dlq.*): there is nowhere further to send it.
                 log.error("%s seq %d is not a dead letter, skipped: %s", stream, seq, exc)
-        if not letters:
-            return None
-        return functools.partial(self.store.apply_dead_letters, stream, letters)
+        # The checkpoint moves past what was skipped too, or a replay would wait for it forever.
+        last = msgs[-1].metadata.sequence.stream
+        return functools.partial(self.store.apply_dead_letters, stream, letters, last)
 
 
 def _consecutive(msgs: list[Msg], after: int) -> bool:

@@ -28,10 +28,11 @@ async def replay(js: JetStreamContext, target: Path, *, batch: int = 2000) -> Re
     """Project the whole stream into a fresh file and move it to `target`."""
     building = target.with_name(target.name + ".replay")
     _remove(building)
-    targets = {
-        EVENTS_STREAM: (await js.stream_info(EVENTS_STREAM)).state.last_seq,
-        DEAD_LETTER_STREAM: (await js.stream_info(DEAD_LETTER_STREAM)).state.last_seq,
-    }
+    targets = {}
+    for stream in (EVENTS_STREAM, DEAD_LETTER_STREAM):
+        state = (await js.stream_info(stream)).state
+        # An emptied (purged) stream has a last sequence but nothing left to deliver.
+        targets[stream] = state.last_seq if state.messages else 0
     store = ProjectionStore(building)
     try:
         projector = Projector(js, store, batch=batch)

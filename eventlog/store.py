@@ -122,14 +122,15 @@ class ProjectionStore:
         self._last_seq[stream] = batch[-1].seq
         return len(inserted)
 
-    def apply_dead_letters(self, stream: str, batch: Sequence[tuple[int, DeadLetter]]) -> None:
+    def apply_dead_letters(self, stream: str, letters: Sequence[DeadLetter], last: int) -> None:
+        """Store the dead letters of a batch whose last stream sequence is `last`."""
         cur = self.con.cursor()
         try:
             cur.begin()
-            _insert_dead_letters(cur, [letter for _, letter in batch])
-            self._checkpoint(cur, stream, batch[-1][0])
+            _insert_dead_letters(cur, letters)
+            self._checkpoint(cur, stream, last)
             cur.commit()
-            self._last_seq[stream] = batch[-1][0]
+            self._last_seq[stream] = last
         except BaseException:
             cur.rollback()
             raise

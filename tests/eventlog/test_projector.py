@@ -40,7 +40,7 @@ from eventlog.replay import replay
 from eventlog.schema import READ_MODEL_TABLES
 from eventlog.sql_service import request_sql
 from eventlog.store import ProjectionStore
-from eventlog.stream import EVENTS_STREAM
+from eventlog.stream import DEAD_LETTER_STREAM, EVENTS_STREAM
 from tests.eventlog.samples import T0, event, steps
 from vigil.broker import EmbeddedNats
 from vigil.runtime import read_runtime
@@ -350,3 +350,18 @@ async def test_unusual_but_valid_json_is_stored_as_validated(
     assert rows(db_path, "SELECT count(*) FROM events") == [(3,)]
     (reason,) = rows(db_path, "SELECT reason FROM dead_letters")[0]
     assert "occurred_at" in reason and "timezone" in reason.lower()
+
+
+@pytest.mark.timeout(60)
+async def test_replay_finishes_over_odd_dead_letter_streams(
+    js: JetStreamContext, tmp_path: Path
+) -> None:
+    """A message on vigil.dlq.* that is not a dead letter, then a purged dead-letter stream:
+    neither may leave replay waiting for a sequence that will never be applied."""
+    acks = await EventPublisher(js).publish_many(steps(20))
+    await js.publish("vigil.dlq.someone", b"not a dead letter")
+    report = await asyncio.wait_for(replay(js, tmp_path / "a.duckdb"), 30)
+    assert report.events == 20 and report.dead_letters == 0
+    await js.purge_stream(DEAD_LETTER_STREAM)
+    report = await asyncio.wait_for(replay(js, tmp_path / "b.duckdb"), 30)
+    assert report.events == 20 and report.last_seq == acks[-1].seq
