@@ -365,3 +365,24 @@ async def test_replay_finishes_over_odd_dead_letter_streams(
     await js.purge_stream(DEAD_LETTER_STREAM)
     report = await asyncio.wait_for(replay(js, tmp_path / "b.duckdb"), 30)
     assert report.events == 20 and report.last_seq == acks[-1].seq
+
+
+async def test_a_deleted_consumer_is_noticed_and_recreated(
+    js: JetStreamContext, db_path: Path
+) -> None:
+    """A push consumer that disappears just goes quiet; the projector must notice."""
+    store = ProjectionStore(db_path)
+    projector = Projector(js, store, batch=100, fetch_timeout=0.1, check_every=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        first = await EventPublisher(js).publish_many(steps(10))
+        await projector.wait_for(first[-1].seq)
+        await js.delete_consumer(EVENTS_STREAM, projector.durable)
+        later = await EventPublisher(js).publish_many(steps(10, incident="inc-2"))
+        await asyncio.wait_for(projector.wait_for(later[-1].seq), 20)
+    finally:
+        stop.set()
+        await task
+        store.close()
+    assert rows(db_path, "SELECT count(*), count(DISTINCT id) FROM events") == [(20, 20)]
