@@ -7,6 +7,7 @@ a payload of the wrong shape is rejected whole with an error naming the field.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -27,6 +29,18 @@ SCHEMA_VERSION = 1
 SUBJECT_PREFIX = "vigil.evt"
 # An incident id is one NATS subject token: no dots, wildcards or spaces.
 INCIDENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+
+
+def _canonical_uuid(value: Any) -> Any:
+    # pydantic also reads urn:uuid:..., {...} and bare hex; DuckDB (which stores the event as
+    # it came) does not read them all, so on the wire only the canonical form is an event id.
+    if isinstance(value, str) and not CANONICAL_UUID.match(value):
+        raise ValueError("must be a UUID written 8-4-4-4-12")
+    return value
+
+
+EventId = Annotated[uuid.UUID, BeforeValidator(_canonical_uuid)]
 
 
 class Event(BaseModel):
@@ -34,13 +48,13 @@ class Event(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: uuid.UUID
+    id: EventId
     type: str
     incident_id: Annotated[str, Field(pattern=INCIDENT_ID_PATTERN)]
     occurred_at: AwareDatetime
     source: Annotated[str, Field(min_length=1)]
-    causation_id: uuid.UUID | None = None
-    correlation_id: uuid.UUID | None = None
+    causation_id: EventId | None = None
+    correlation_id: EventId | None = None
     schema_version: int = SCHEMA_VERSION
     data: Payload
 
@@ -111,7 +125,9 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
     try:
         if isinstance(raw, dict):
             return EVENT_ADAPTER.validate_python(raw)
-        return EVENT_ADAPTER.validate_json(raw)
+        # Strict on the wire: a time must be an ISO string, a number a number. The projector
+        # stores the bytes as they came, so they must mean to DuckDB what they meant here.
+        return EVENT_ADAPTER.validate_json(raw, strict=True)
     except ValidationError as exc:
         raise MalformedEvent(_describe(exc)) from None
 

@@ -95,10 +95,9 @@ class ProjectionStore:
                 staged = pa.table(
                     {
                         "seq": pa.array([m.seq for m in good], pa.int64()),
-                        # The validated event, not the bytes as they came: DuckDB must read
-                        # exactly what pydantic accepted (an epoch-number time, say, is valid
-                        # to pydantic but not to from_json's TIMESTAMPTZ).
-                        "raw": pa.array([m.event.to_json().decode() for m in good], pa.string()),  # type: ignore[union-attr]
+                        # As it came: parse_event is strict on the wire, so these bytes mean
+                        # to DuckDB what they meant to pydantic (re-serializing cost 25%).
+                        "raw": pa.array([m.raw.decode() for m in good], pa.string()),
                     }
                 )
                 cur.register("staged_events", staged)
