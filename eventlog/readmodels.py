@@ -88,7 +88,7 @@ def fold_incident(
     The fold works on one mutable copy per call, not a new row per event: the projector
     folds a whole batch of one incident at once.
     """
-    state: dict[str, Any] | None = None if row is None else _as_state(row)
+    state: dict[str, Any] | None = None if row is None else _state(row)
     for event, seq in events:
         if isinstance(event.data, ChangeRecorded):
             continue  # a fact about a service, not part of an incident's story
@@ -96,10 +96,6 @@ def fold_incident(
             state = _opened_by(event)
         _apply_incident(state, event, seq)
     return None if state is None else IncidentRow(**state)
-
-
-def _as_state(row: IncidentRow) -> dict[str, Any]:
-    return _state(row)
 
 
 def _opened_by(event: Event) -> dict[str, Any]:
@@ -113,7 +109,7 @@ def _opened_by(event: Event) -> dict[str, Any]:
         predicted=isinstance(data, AnomalyPredicted),
         opened_at=event.occurred_at,
     )
-    return _as_state(first)
+    return _state(first)
 
 
 def _apply_incident(s: dict[str, Any], event: Event, seq: int) -> None:
