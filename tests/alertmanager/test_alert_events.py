@@ -1,0 +1,145 @@
+"""The receiver's pure logic: Alertmanager's payload, derived ids, alerts into events."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from alertmanager.alert_events import alert_events, event_id_for, incident_id_for
+from alertmanager.payload import WebhookPayload
+from eventlog.envelope import parse_event
+from eventlog.payloads import AnomalyDetected, AnomalyResolved
+
+# As Alertmanager 0.25 sends it (nanoseconds, an offset, Go's zero time for endsAt).
+PAYLOAD: dict[str, Any] = {
+    "receiver": "vigil",
+    "status": "firing",
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "HighLatency", "service": "checkout", "severity": "critical"},
+            "annotations": {"summary": "p99 over 2s"},
+            "startsAt": "2026-11-24T13:08:45.828123456+01:00",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus:9090/graph?g0.expr=x",
+            "fingerprint": "1a30ba71cca2921f",
+        },
+        {
+            "status": "resolved",
+            "labels": {"alertname": "DiskFull", "job": "node"},
+            "annotations": {},
+            "startsAt": "2026-11-24T11:00:00Z",
+            "endsAt": "2026-11-24T12:00:00Z",
+            "generatorURL": "",
+            "fingerprint": "b2c3d4e5f6a7b8c9",
+        },
+    ],
+    "groupLabels": {"alertname": "HighLatency"},
+    "commonLabels": {},
+    "commonAnnotations": {},
+    "externalURL": "http://alertmanager:9093",
+    "version": "4",
+    "groupKey": '{}:{alertname="HighLatency"}',
+    "truncatedAlerts": 0,
+}
+
+
+def test_alerts_become_detected_and_resolved_events() -> None:
+    detected, resolved = alert_events(WebhookPayload.model_validate(PAYLOAD))
+    assert isinstance(detected.data, AnomalyDetected)
+    assert detected.data.service == "checkout" and detected.data.severity == "critical"
+    assert detected.data.group_key == '{}:{alertname="HighLatency"}'
+    assert detected.occurred_at == detected.data.starts_at
+    assert isinstance(resolved.data, AnomalyResolved)
+    assert resolved.data.ends_at.isoformat() == "2026-11-24T12:00:00+00:00"
+    assert resolved.occurred_at == resolved.data.ends_at
+    for e in (detected, resolved):
+        assert parse_event(e.to_json()) == e  # strict on the wire, like the projector
+
+
+def test_go_zero_time_means_still_firing() -> None:
+    payload = WebhookPayload.model_validate(PAYLOAD)
+    assert payload.alerts[0].ends_at is None
+
+
+def test_the_same_notification_again_is_the_same_events() -> None:
+    """repeat_interval, a retry, or another Alertmanager replica: nothing new to store."""
+    first = alert_events(WebhookPayload.model_validate(PAYLOAD))
+    again = alert_events(WebhookPayload.model_validate(copy.deepcopy(PAYLOAD)))
+    assert [e.to_json() for e in first] == [e.to_json() for e in again]
+
+
+def test_ids_tell_firings_and_statuses_apart() -> None:
+    payload = WebhookPayload.model_validate(PAYLOAD)
+    alert = payload.alerts[0]
+    later = alert.model_copy(update={"starts_at": alert.starts_at.replace(hour=15)})
+    resolved = alert.model_copy(update={"status": "resolved"})
+    assert incident_id_for(later) != incident_id_for(alert)  # a new firing, a new incident
+    assert incident_id_for(resolved) == incident_id_for(alert)  # its resolution joins it
+    assert len({event_id_for(alert), event_id_for(later), event_id_for(resolved)}) == 3
+
+
+def test_the_same_instant_written_differently_is_the_same_alert() -> None:
+    other = copy.deepcopy(PAYLOAD)
+    other["alerts"][0]["startsAt"] = "2026-11-24T12:08:45.828123Z"
+    a = WebhookPayload.model_validate(PAYLOAD).alerts[0]
+    b = WebhookPayload.model_validate(other).alerts[0]
+    assert incident_id_for(a) == incident_id_for(b) and event_id_for(a) == event_id_for(b)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("version",), "3", "version"),
+        (("alerts", 0, "status"), "pending", "alerts.0.status"),
+        (("alerts", 0, "startsAt"), "2026-11-24T13:08:45", "alerts.0.startsAt"),
+        (("alerts", 0, "fingerprint"), "", "alerts.0.fingerprint"),
+        (("alerts", 0, "labels"), {}, "alerts.0.labels"),
+        (("groupKey",), None, "groupKey"),
+    ],
+)
+def test_a_payload_that_does_not_fit_names_the_field(path: tuple, value: Any, field: str) -> None:
+    bad = copy.deepcopy(PAYLOAD)
+    target = bad
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    with pytest.raises(ValidationError) as caught:
+        WebhookPayload.model_validate(bad)
+    locations = {".".join(str(p) for p in e["loc"]) for e in caught.value.errors()}
+    assert field in locations
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@given(json_values)
+def test_arbitrary_json_is_a_payload_or_a_validation_error(value: Any) -> None:
+    """Never anything else (which would be a 500 at the webhook)."""
+    try:
+        payload = WebhookPayload.model_validate_json(
+            orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        )
+    except (ValidationError, orjson.JSONEncodeError):
+        return
+    alert_events(payload)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=6).map(lambda d: {**PAYLOAD, **d}))
+def test_near_misses_are_a_payload_or_a_validation_error(value: dict[str, Any]) -> None:
+    try:
+        payload = WebhookPayload.model_validate(value)
+    except ValidationError:
+        return
+    for event in alert_events(payload):
+        assert parse_event(event.to_json()) == event
