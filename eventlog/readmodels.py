@@ -66,9 +66,6 @@ class IncidentRow:
     last_seq: int = 0
 
 
-INCIDENT_FIELDS = tuple(f.name for f in fields(IncidentRow))
-
-
 def _advance(state: dict[str, Any], status: str) -> None:
     if STATUS_RANK[status] > STATUS_RANK[state["status"]]:
         state["status"] = status

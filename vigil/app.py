@@ -58,7 +58,11 @@ async def bus(settings: Settings, url: str, name: str) -> AsyncIterator[NATS]:
 
 
 async def run_projector(
-    settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
+    settings: Settings,
+    url: str,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[Projector], None],
 ) -> None:
     """The projector and the SQL service that answers for its file."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +78,7 @@ async def run_projector(
                 max_rows=settings.sql_max_rows,
             )
             write_runtime(settings.data_dir, nats_url=url, sql_subject=sql_subject(store.db_id))
-            on_ready()
+            on_ready(projector)
             try:
                 await projector.run(stop)
             finally:

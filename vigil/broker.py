@@ -128,10 +128,6 @@ class EmbeddedNats:
                 self.port = int(url.rsplit(":", 1)[1])  # a restart keeps the address
                 return url
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM), then SIGKILL if it does not exit in time."""
         await self._end(signal.SIGTERM, timeout)

@@ -7,8 +7,9 @@ import csv
 import io
 import logging
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import duckdb
 import orjson
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher
 from eventlog.replay import replay
 from eventlog.sql import QueryResult, SqlError, run_read_only
@@ -36,6 +38,7 @@ app = typer.Typer(help="Vigil: incident response from Prometheus alerts, every s
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 Format = Literal["table", "json", "csv"]
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -78,7 +81,7 @@ def up() -> None:
         async with broker(cfg) as (url, embedded):
             where = f"embedded, store {cfg.nats_store_dir}" if embedded else "external"
 
-            def ready() -> None:  # said only once NATS, the streams and DuckDB are all there
+            def ready(_: Projector) -> None:  # once NATS, the streams and DuckDB are there
                 console.print(f"NATS   {url} ({where})")
                 console.print(f"DuckDB {cfg.db_path}")
                 console.print("vigil is up")
@@ -102,7 +105,7 @@ def projector() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
         assert cfg.nats_url
-        await run_projector(cfg, cfg.nats_url, stop, on_ready=lambda: console.print("projecting"))
+        await run_projector(cfg, cfg.nats_url, stop, on_ready=lambda _: console.print("projecting"))
 
     with holding(cfg.data_dir):
         asyncio.run(main())
@@ -222,19 +225,15 @@ def demo() -> None:
     async def main() -> None:
         async with broker(cfg) as (url, _):
             stop = asyncio.Event()
-            ready = asyncio.Event()
-            roles = asyncio.create_task(run_projector(cfg, url, stop, on_ready=ready.set))
-            up = asyncio.create_task(ready.wait())
-            await asyncio.wait({roles, up}, return_when=asyncio.FIRST_COMPLETED)
-            if roles.done():
-                up.cancel()
-                await roles  # it ended before it was ready: say why
+            ready: asyncio.Future[Projector] = asyncio.get_running_loop().create_future()
+            roles = asyncio.create_task(run_projector(cfg, url, stop, on_ready=ready.set_result))
+            projector = await until_roles_end(roles, ready)
             async with bus(cfg, url, "vigil-demo") as nc:
                 story = demo_incident()
                 acks = await EventPublisher(nc.jetstream()).publish_many(story)
                 console.print(f"appended {len(story)} events to VIGIL_EVENTS (NATS {url})")
                 with console.status("projecting into DuckDB"):
-                    await wait_projected(cfg, acks[-1].seq)
+                    await until_roles_end(roles, projector.wait_for(acks[-1].seq))
                 for title, query in DEMO_QUERIES.items():
                     console.rule(title)
                     print_result(await sql_via_bus(cfg, query, 100), "table")
@@ -246,15 +245,15 @@ def demo() -> None:
         asyncio.run(main())
 
 
-async def wait_projected(cfg: Settings, seq: int) -> None:
-    """Poll the running projector over the bus until it has applied `seq`."""
-    query = "SELECT last_seq FROM projector_checkpoints WHERE stream = 'VIGIL_EVENTS'"
-    for _ in range(600):
-        result = await sql_via_bus(cfg, query, 1)
-        if result.rows and result.rows[0][0] >= seq:
-            return
-        await asyncio.sleep(0.05)
-    raise CliError(f"the projector did not reach sequence {seq} within 30s")
+async def until_roles_end(roles: asyncio.Task[None], waiting: Awaitable[T]) -> T:
+    """What `waiting` gives, unless the roles end first: then their error (or a clear one)."""
+    waiter = asyncio.ensure_future(waiting)
+    await asyncio.wait({roles, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():
+        waiter.cancel()
+        await roles  # raises what stopped them
+        raise CliError("the projector stopped before the demo was done")
+    return waiter.result()
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import Field, field_validator
@@ -86,7 +85,3 @@ class Settings(BaseSettings):
                     f"VIGIL_CONFIG={config}: the file must be a mapping of setting: value"
                 ) from None
         return tuple(sources)
-
-
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)

@@ -40,6 +40,20 @@ async def consuming(
         await task
 
 
+class Recorder:
+    """A handler that keeps the ids it saw and says when `expect` of them have come."""
+
+    def __init__(self, expect: int) -> None:
+        self.expect = expect
+        self.ids: list[uuid.UUID] = []
+        self.all_in = asyncio.Event()
+
+    async def handle(self, event: Event) -> None:
+        self.ids.append(event.id)
+        if len(self.ids) == self.expect:
+            self.all_in.set()
+
+
 async def next_dead_letter(js: JetStreamContext) -> DeadLetter:
     sub = await js.subscribe("vigil.dlq.>", stream=DEAD_LETTER_STREAM, ordered_consumer=True)
     msg = await sub.next_msg(timeout=20)
@@ -49,19 +63,12 @@ async def next_dead_letter(js: JetStreamContext) -> DeadLetter:
 
 async def test_every_event_is_handled_and_acked(js: JetStreamContext) -> None:
     events = steps(100)
-    seen: list[uuid.UUID] = []
-    all_seen = asyncio.Event()
-
-    async def handle(event: Event) -> None:
-        seen.append(event.id)
-        if len(seen) == len(events):
-            all_seen.set()
-
+    seen = Recorder(expect=len(events))
     spec = ConsumerSpec(durable="t-all", filter_subject="vigil.evt.>")
-    async with consuming(js, spec, handle):
+    async with consuming(js, spec, seen.handle):
         await EventPublisher(js).publish_many(events)
-        await asyncio.wait_for(all_seen.wait(), 20)
-    assert sorted(seen) == sorted(e.id for e in events)
+        await asyncio.wait_for(seen.all_in.wait(), 20)
+    assert sorted(seen.ids) == sorted(e.id for e in events)
     info = await js.consumer_info(EVENTS_STREAM, "t-all")
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
@@ -98,24 +105,17 @@ async def test_a_poison_event_is_dead_lettered_and_the_rest_flow(js: JetStreamCo
 
 async def test_a_malformed_message_is_dead_lettered_at_once(nc: NATS, js: JetStreamContext) -> None:
     good = steps(5)
-    handled: list[uuid.UUID] = []
-    done = asyncio.Event()
-
-    async def handle(event: Event) -> None:
-        handled.append(event.id)
-        if len(handled) == len(good):
-            done.set()
-
+    handled = Recorder(expect=len(good))
     spec = ConsumerSpec(durable="t-bad", filter_subject="vigil.evt.>", max_deliver=5)
-    async with consuming(js, spec, handle):
+    async with consuming(js, spec, handled.handle):
         await js.publish("vigil.evt.inc-1.AgentStep", b'{"type": "AgentStep", "oops": 1}')
         await EventPublisher(js).publish_many(good)
         letter = await next_dead_letter(js)
-        await asyncio.wait_for(done.wait(), 20)
+        await asyncio.wait_for(handled.all_in.wait(), 20)
     assert letter.deliveries == 1  # no retries for what can never parse
     assert letter.reason.startswith("malformed event:")
     assert "data: Field required" in letter.reason
-    assert handled == [e.id for e in good]
+    assert handled.ids == [e.id for e in good]
 
 
 async def test_long_work_keeps_its_message_with_in_progress(js: JetStreamContext) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -28,6 +30,17 @@ def store(db_path: Path) -> Iterator[ProjectionStore]:
 
 
 SECRET = "/etc/hostname"
+
+
+@contextlib.asynccontextmanager
+async def serving(nc: NATS, store: ProjectionStore, **limits: Any) -> AsyncIterator[str]:
+    """The store's SQL service on the bus while the block runs; yields its subject."""
+    service = await serve_sql(nc, store.con, store.db_id, **limits)
+    try:
+        yield sql_subject(store.db_id)
+    finally:
+        await service.stop()
+
 
 REFUSED = {
     "insert": "INSERT INTO incidents (incident_id) VALUES ('x')",
@@ -155,9 +168,7 @@ def test_the_read_only_open_refuses_files_too(store: ProjectionStore, db_path: P
 
 
 async def test_over_the_bus_same_answers_and_refusals(store: ProjectionStore, nc: NATS) -> None:
-    service = await serve_sql(nc, store.con, store.db_id, timeout=5)
-    subject = sql_subject(store.db_id)
-    try:
+    async with serving(nc, store, timeout=5) as subject:
         sql = "SELECT type, count(*) AS n FROM events GROUP BY type"
         assert await request_sql(nc, subject, sql) == run_read_only(store.con, sql)
         with pytest.raises(SqlRefused, match="DROP is refused"):
@@ -166,8 +177,6 @@ async def test_over_the_bus_same_answers_and_refusals(store: ProjectionStore, nc
             await request_sql(nc, subject, "SELECT * FROM nope")
         with pytest.raises(SqlError, match="no running Vigil"):
             await request_sql(nc, sql_subject("someone-else"), "SELECT 1", timeout=2)
-    finally:
-        await service.stop()
 
 
 @pytest.mark.parametrize(
@@ -192,13 +201,8 @@ def test_explain_analyze_of_a_read_runs(store: ProjectionStore) -> None:
 
 
 async def test_the_service_caps_rows_whatever_is_asked(store: ProjectionStore, nc: NATS) -> None:
-    service = await serve_sql(nc, store.con, store.db_id, max_rows=5)
-    try:
-        result = await request_sql(
-            nc, sql_subject(store.db_id), "SELECT seq FROM events", max_rows=1000
-        )
-    finally:
-        await service.stop()
+    async with serving(nc, store, max_rows=5) as subject:
+        result = await request_sql(nc, subject, "SELECT seq FROM events", max_rows=1000)
     assert len(result.rows) == 5 and result.truncated
 
 
@@ -228,28 +232,20 @@ def test_explain_with_options_is_a_clear_error(store: ProjectionStore) -> None:
 
 
 async def test_a_reply_too_big_for_the_bus_is_cut_to_fit(store: ProjectionStore, nc: NATS) -> None:
-    service = await serve_sql(nc, store.con, store.db_id)
-    subject = sql_subject(store.db_id)
-    try:
+    async with serving(nc, store) as subject:
         big = await request_sql(nc, subject, "SELECT repeat('x', 100000) FROM range(30)")
         with pytest.raises(SqlError, match="larger than the bus allows"):
             await request_sql(nc, subject, "SELECT repeat('x', 3000000)")
-    finally:
-        await service.stop()
     assert big.truncated and 0 < len(big.rows) < 30
     assert len(orjson.dumps(big.rows)) < nc.max_payload
 
 
 async def test_a_slow_query_does_not_hold_up_the_others(store: ProjectionStore, nc: NATS) -> None:
-    service = await serve_sql(nc, store.con, store.db_id, timeout=20)
-    subject = sql_subject(store.db_id)
-    try:
+    async with serving(nc, store, timeout=20) as subject:
         slow = asyncio.create_task(
             request_sql(nc, subject, "SELECT count(*) FROM range(20000000000)", timeout=30)
         )
         quick = await request_sql(nc, subject, "SELECT count(*) FROM events", timeout=5)
         assert not slow.done()
         slow.cancel()
-    finally:
-        await service.stop()
     assert quick.rows == [[30]]
