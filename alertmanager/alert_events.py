@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
 
 from alertmanager.payload import WebhookAlert, WebhookPayload
 from eventlog.envelope import Event, new_event
@@ -20,23 +19,22 @@ def alert_key(alert: WebhookAlert) -> str:
     return f"{alert.fingerprint}|{alert.starts_at.timestamp():.6f}"
 
 
+def alert_id(alert: WebhookAlert) -> str:
+    """`alert_key` short enough to be a key in records and ids."""
+    return hashlib.sha256(alert_key(alert).encode()).hexdigest()[:24]
+
+
 def incident_id_for(alert: WebhookAlert) -> str:
     """The incident an alert opens when nothing correlates it with another."""
-    return "am-" + hashlib.sha256(alert_key(alert).encode()).hexdigest()[:24]
+    return "am-" + alert_id(alert)
 
 
 def event_id_for(alert: WebhookAlert) -> uuid.UUID:
     return uuid.uuid5(EVENT_NAMESPACE, f"{alert_key(alert)}|{alert.status}")
 
 
-def alert_events(
-    payload: WebhookPayload, incident_for: Callable[[WebhookAlert], str] = incident_id_for
-) -> list[Event]:
-    """One AnomalyDetected per firing alert, one AnomalyResolved per resolved one."""
-    return [_event(alert, payload, incident_for(alert)) for alert in payload.alerts]
-
-
-def _event(alert: WebhookAlert, payload: WebhookPayload, incident_id: str) -> Event:
+def alert_to_event(alert: WebhookAlert, payload: WebhookPayload, incident_id: str) -> Event:
+    """AnomalyDetected for a firing alert, AnomalyResolved for a resolved one."""
     data: AnomalyDetected | AnomalyResolved
     if alert.status == "firing":
         data = AnomalyDetected(

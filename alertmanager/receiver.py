@@ -1,24 +1,30 @@
 """The webhook receiver: Alertmanager's POST in, events durably in JetStream, then the answer.
 
 Alertmanager retries a notification until it gets a 2xx, so the receiver answers 2xx only
-after JetStream acknowledged every event of the request, and 503 when it could not: the retry
-then stores what was missing, and the derived event ids make the rest duplicates.
+after JetStream acknowledged every event of the request and the alert index recorded them,
+and 503 when it could not: the retry then stores what was missing, and the derived event ids
+make the rest duplicates (JetStream's within its window, the alert index's beyond it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
+from nats.errors import Error as NatsError
 from pydantic import BaseModel, ValidationError
 
-from alertmanager.alert_events import alert_events
+from alertmanager.alert_index import AlertIndex
+from alertmanager.correlation import correlate, service_of
 from alertmanager.payload import WebhookPayload
 from eventlog.publisher import EventPublisher, PublishError
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_WINDOW = timedelta(minutes=15)
 
 
 class Refused(Exception):
@@ -70,15 +76,53 @@ def parse_payload(body: bytes) -> WebhookPayload:
         raise Refused(422, f"{where}: {first['msg']}{more}") from None
 
 
-async def receive(body: bytes, publisher: EventPublisher) -> Accepted:
-    """Validate, turn into events, store them all; Refused(503) if JetStream did not ack."""
+async def receive(
+    body: bytes,
+    publisher: EventPublisher,
+    index: AlertIndex,
+    *,
+    window: timedelta = DEFAULT_WINDOW,
+    timeout: float = 5.0,
+) -> Accepted:
+    """Validate, correlate, store the new events, remember them; Refused(503) when NATS
+    did not take all of it within `timeout` (per step)."""
     payload = parse_payload(body)
-    events = alert_events(payload)
+    services = {s for a in payload.alerts if (s := service_of(a))}
     try:
-        acks = await publisher.publish_many(events)
-    except PublishError as exc:
-        log.warning("webhook from %s: %s; answering 503 so Alertmanager retries",
-                    payload.receiver, exc)  # fmt: skip
-        raise Refused(503, f"events not stored ({exc}); retry") from None
-    duplicates = sum(1 for a in acks if a.duplicate)
-    return Accepted(alerts=len(events), stored=len(events) - duplicates, duplicates=duplicates)
+        async with asyncio.timeout(timeout):
+            group, service_slots = await index.load(payload.group_key, services)
+    except (NatsError, TimeoutError) as exc:
+        raise _unavailable(payload, "alert index not readable", exc) from None
+    # No await from here to the publish: a concurrent request for the same group or service
+    # plans after this one and sees its assignments.
+    assert group.record is not None
+    known = {name: slot.record for name, slot in service_slots.items() if slot.record}
+    plan = correlate(payload, group.record, known, window)
+    for name, memory in plan.services.items():
+        service_slots[name].record = memory
+    acks = []
+    if plan.events:
+        try:
+            acks = await publisher.publish_many(plan.events)
+        except PublishError as exc:
+            raise _unavailable(payload, "events not stored", exc) from None
+    plan.mark_stored()
+    try:
+        async with asyncio.timeout(timeout):
+            await index.save(group, *service_slots.values())
+    except (NatsError, TimeoutError) as exc:
+        # The events are stored; the retry finds them duplicates and records them then.
+        raise _unavailable(payload, "alert index not written", exc) from None
+    late = sum(1 for a in acks if a.duplicate)  # JetStream knew them: a concurrent copy
+    return Accepted(
+        alerts=len(payload.alerts),
+        stored=len(plan.events) - late,
+        duplicates=plan.duplicates + late,
+    )
+
+
+def _unavailable(payload: WebhookPayload, what: str, exc: BaseException) -> Refused:
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    log.warning("webhook from %s: %s (%s); answering 503 so Alertmanager retries",
+                payload.receiver, what, reason)  # fmt: skip
+    return Refused(503, f"{what} ({reason}); retry")

@@ -1,23 +1,30 @@
-"""The HTTP API: built from what it serves (a publisher, settings), no globals."""
+"""The HTTP API: built from what it serves (a publisher, the alert index, settings), no globals."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
+
 from fastapi import FastAPI
 
-from alertmanager.receiver import DEFAULT_MAX_BYTES
+from alertmanager.alert_index import AlertIndex
+from alertmanager.receiver import DEFAULT_MAX_BYTES, DEFAULT_WINDOW
 from api.webhooks import router as webhooks
 from eventlog.publisher import EventPublisher
 
 
-def create_app(
-    publisher: EventPublisher,
-    *,
-    webhook_token: str | None,
-    webhook_max_bytes: int = DEFAULT_MAX_BYTES,
-) -> FastAPI:
+@dataclass(frozen=True)
+class WebhookConfig:
+    token: str | None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    correlation_window: timedelta = DEFAULT_WINDOW
+    timeout: float = 5.0
+
+
+def create_app(publisher: EventPublisher, index: AlertIndex, webhook: WebhookConfig) -> FastAPI:
     app = FastAPI(title="Vigil", version="0.1.0")
     app.state.publisher = publisher
-    app.state.webhook_token = webhook_token
-    app.state.webhook_max_bytes = webhook_max_bytes
+    app.state.alert_index = index
+    app.state.webhook = webhook
     app.include_router(webhooks)
     return app

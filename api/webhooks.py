@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
 from alertmanager.receiver import Accepted, Refused, check_token, read_bounded, receive
-from eventlog.publisher import EventPublisher
+
+if TYPE_CHECKING:
+    from api.app import WebhookConfig
 
 router = APIRouter()
 
@@ -18,11 +20,17 @@ async def alertmanager_webhook(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Accepted | JSONResponse:
     state = request.app.state
+    config: WebhookConfig = state.webhook
     try:
-        check_token(authorization, state.webhook_token)
-        body = await read_bounded(request.stream(), state.webhook_max_bytes)
-        publisher: EventPublisher = state.publisher
-        return await receive(body, publisher)
+        check_token(authorization, config.token)
+        body = await read_bounded(request.stream(), config.max_bytes)
+        return await receive(
+            body,
+            state.publisher,
+            state.alert_index,
+            window=config.correlation_window,
+            timeout=config.timeout,
+        )
     except Refused as refused:
         headers = {"WWW-Authenticate": "Bearer"} if refused.status == 401 else None
         return JSONResponse({"detail": refused.message}, refused.status, headers=headers)

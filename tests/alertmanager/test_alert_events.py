@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -11,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from alertmanager.alert_events import alert_events, event_id_for, incident_id_for
+from alertmanager.alert_events import event_id_for, incident_id_for
+from alertmanager.correlation import GroupMemory, correlate
 from alertmanager.payload import WebhookPayload
-from eventlog.envelope import parse_event
+from eventlog.envelope import Event, parse_event
 from eventlog.payloads import AnomalyDetected, AnomalyResolved
 
 # As Alertmanager 0.25 sends it (nanoseconds, an offset, Go's zero time for endsAt).
@@ -50,8 +52,13 @@ PAYLOAD: dict[str, Any] = {
 }
 
 
+def events_of(payload: WebhookPayload) -> list[Event]:
+    """The events of a notification to a Vigil that has seen nothing before."""
+    return correlate(payload, GroupMemory(), {}, timedelta(minutes=15)).events
+
+
 def test_alerts_become_detected_and_resolved_events() -> None:
-    detected, resolved = alert_events(WebhookPayload.model_validate(PAYLOAD))
+    resolved, detected = events_of(WebhookPayload.model_validate(PAYLOAD))
     assert isinstance(detected.data, AnomalyDetected)
     assert detected.data.service == "checkout" and detected.data.severity == "critical"
     assert detected.data.group_key == '{}:{alertname="HighLatency"}'
@@ -70,8 +77,8 @@ def test_go_zero_time_means_still_firing() -> None:
 
 def test_the_same_notification_again_is_the_same_events() -> None:
     """repeat_interval, a retry, or another Alertmanager replica: nothing new to store."""
-    first = alert_events(WebhookPayload.model_validate(PAYLOAD))
-    again = alert_events(WebhookPayload.model_validate(copy.deepcopy(PAYLOAD)))
+    first = events_of(WebhookPayload.model_validate(PAYLOAD))
+    again = events_of(WebhookPayload.model_validate(copy.deepcopy(PAYLOAD)))
     assert [e.to_json() for e in first] == [e.to_json() for e in again]
 
 
@@ -132,7 +139,7 @@ def test_arbitrary_json_is_a_payload_or_a_validation_error(value: Any) -> None:
         )
     except (ValidationError, orjson.JSONEncodeError):
         return
-    alert_events(payload)
+    events_of(payload)
 
 
 @given(st.dictionaries(st.text(), json_values, max_size=6).map(lambda d: {**PAYLOAD, **d}))
@@ -141,5 +148,5 @@ def test_near_misses_are_a_payload_or_a_validation_error(value: dict[str, Any]) 
         payload = WebhookPayload.model_validate(value)
     except ValidationError:
         return
-    for event in alert_events(payload):
+    for event in events_of(payload):
         assert parse_event(event.to_json()) == event

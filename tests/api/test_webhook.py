@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 from collections.abc import AsyncIterator
 
@@ -10,25 +12,34 @@ import orjson
 import pytest
 from nats.js import JetStreamContext
 
-from api.app import create_app
+from alertmanager.alert_index import AlertIndex
+from api.app import WebhookConfig, create_app
 from eventlog.publisher import EventPublisher
-from eventlog.stream import EVENTS_STREAM
+from eventlog.stream import EVENTS_STREAM, ensure_streams
 from tests.alertmanager.test_alert_events import PAYLOAD
 from tests.eventlog.stream_reading import stream_events
 from vigil.broker import EmbeddedNats
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+URL = "/webhooks/alertmanager"
+
+
+@contextlib.asynccontextmanager
+async def api(js: JetStreamContext, token: str | None = TOKEN) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in process, publishing to the test's nats-server, with a fresh alert index
+    (what a restarted Vigil has: only what KV holds)."""
+    index = await AlertIndex.open(js)
+    config = WebhookConfig(token=token, max_bytes=64_000, timeout=1.0)
+    app = create_app(EventPublisher(js, ack_timeout=1.0), index, config)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as c:
+        yield c
 
 
 @pytest.fixture
 async def client(js: JetStreamContext) -> AsyncIterator[httpx.AsyncClient]:
-    """The API in process, publishing to the test's nats-server."""
-    app = create_app(
-        EventPublisher(js, ack_timeout=1.0), webhook_token=TOKEN, webhook_max_bytes=64_000
-    )
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as c:
+    async with api(js) as c:
         yield c
 
 
@@ -70,8 +81,7 @@ async def test_no_token_no_entry(
 
 
 async def test_without_a_configured_token_nobody_gets_in(js: JetStreamContext) -> None:
-    app = create_app(EventPublisher(js), webhook_token=None)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://v") as c:
+    async with api(js, token=None) as c:
         answer = await c.post("/webhooks/alertmanager", json=PAYLOAD, headers=AUTH)
     assert answer.status_code == 401 and "VIGIL_WEBHOOK_TOKEN" in answer.json()["detail"]
 
@@ -123,3 +133,33 @@ async def test_broker_down_is_503_and_the_retry_stores_each_event_once(
     assert answer.status_code == 200
     ids = [e.id for e in await stream_events(js)]
     assert len(ids) == 2 and len(set(ids)) == 2
+
+
+async def test_a_repeat_beyond_jetstreams_duplicate_window_is_still_a_duplicate(
+    js: JetStreamContext,
+) -> None:
+    """repeat_interval (4h by default) is far past JetStream's window: the alert index,
+    read back from KV by a restarted Vigil, is what knows the events are stored."""
+    await ensure_streams(js, duplicate_window=0.2)
+    async with api(js) as first:
+        assert (await first.post(URL, json=PAYLOAD, headers=AUTH)).status_code == 200
+    await asyncio.sleep(0.4)  # time itself is the condition: JetStream's window has passed
+    async with api(js) as restarted:
+        again = await restarted.post(URL, json=PAYLOAD, headers=AUTH)
+    assert again.json() == {"alerts": 2, "stored": 0, "duplicates": 2}
+    assert await stored(js) == 2
+
+
+async def test_a_group_keeps_its_incident_across_notifications_and_a_restart(
+    js: JetStreamContext,
+) -> None:
+    first = {**PAYLOAD, "alerts": PAYLOAD["alerts"][:1]}
+    later_alert = {**PAYLOAD["alerts"][0], "fingerprint": "c0ffee", "labels": {"alertname": "X"}}
+    later = {**PAYLOAD, "alerts": [PAYLOAD["alerts"][0], later_alert]}
+    async with api(js) as c:
+        await c.post(URL, json=first, headers=AUTH)
+    async with api(js) as c:
+        answer = await c.post(URL, json=later, headers=AUTH)
+    assert answer.json() == {"alerts": 2, "stored": 1, "duplicates": 1}
+    events = await stream_events(js)
+    assert len(events) == 2 and events[0].incident_id == events[1].incident_id

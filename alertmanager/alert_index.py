@@ -1,0 +1,149 @@
+"""Group and service memories (see `correlation`) kept in JetStream KV, so dedup and
+correlation hold across restarts, across Vigil replicas, and beyond the stream's duplicate
+window (Alertmanager re-sends a firing group every `repeat_interval`, 4h by default).
+
+Each record is read once and then served from memory: requests for one group share one
+object, so planning (synchronous) sees every earlier request's assignments. Writes are
+compare-and-set on the KV revision; when another replica wrote first, the records merge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel
+
+from alertmanager.correlation import GroupMemory, ServiceMemory, memory_key, merge_groups
+
+log = logging.getLogger(__name__)
+ALERTS_BUCKET = "VIGIL_ALERTS"
+DEFAULT_TTL_SECONDS = 30 * 24 * 3600.0
+CONFLICT_RETRIES = 5
+R = TypeVar("R", GroupMemory, ServiceMemory)
+
+
+@dataclass
+class Slot(Generic[R]):
+    """One record as this process knows it: the value, the KV revision it was read or
+    written at, and the bytes last written (an unchanged record is not written again)."""
+
+    key: str
+    record: R | None
+    revision: int
+    written: bytes
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class AlertIndex:
+    def __init__(self, kv: KeyValue, *, cache_size: int = 100_000) -> None:
+        self._kv = kv
+        self._cache_size = cache_size
+        self._slots: OrderedDict[str, Slot] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[Slot]] = {}
+
+    @classmethod
+    async def open(
+        cls, js: JetStreamContext, *, replicas: int = 1, ttl: float = DEFAULT_TTL_SECONDS
+    ) -> AlertIndex:
+        """The bucket, created if missing (an existing one keeps its operator's settings)."""
+        try:
+            kv = await js.key_value(ALERTS_BUCKET)
+        except BucketNotFoundError:
+            kv = await js.create_key_value(
+                KeyValueConfig(
+                    bucket=ALERTS_BUCKET,
+                    description="Vigil: the incident of each Alertmanager alert, what is stored",
+                    history=1,
+                    ttl=ttl,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                )
+            )
+        return cls(kv)
+
+    async def load(
+        self, group_key: str, services: set[str]
+    ) -> tuple[Slot[GroupMemory], dict[str, Slot[ServiceMemory]]]:
+        keys = [memory_key("g", group_key), *(memory_key("s", s) for s in sorted(services))]
+        slots = await asyncio.gather(
+            self._slot(keys[0], GroupMemory),
+            *(self._slot(k, ServiceMemory) for k in keys[1:]),
+        )
+        return slots[0], dict(zip(sorted(services), slots[1:], strict=True))
+
+    async def save(self, *slots: Slot) -> None:
+        """Write each changed record; raises what NATS raised when one could not be."""
+        await asyncio.gather(*(self._save(slot) for slot in slots))
+
+    def forget(self) -> None:
+        """Drop the in-memory copies: the next load reads KV (what a restart does)."""
+        self._slots.clear()
+
+    async def _slot(self, key: str, kind: type[R]) -> Slot[R]:
+        slot = self._slots.get(key)
+        if slot is not None:
+            self._slots.move_to_end(key)
+            return slot
+        loading = self._loading.get(key)
+        if loading is None:  # the first asker reads; concurrent askers share its answer
+            loading = asyncio.ensure_future(self._read(key, kind))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        slot = await asyncio.shield(loading)
+        self._slots[key] = slot
+        while len(self._slots) > self._cache_size:
+            self._slots.popitem(last=False)
+        return slot
+
+    async def _read(self, key: str, kind: type[R]) -> Slot[R]:
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError as exc:
+            # A deleted key has a tombstone: its revision is what the next write must name.
+            revision = exc.entry.revision if getattr(exc, "entry", None) else 0
+            empty = GroupMemory() if kind is GroupMemory else None  # a group always has one
+            return Slot(key, empty, revision, b"")  # type: ignore[arg-type]
+        assert entry.value is not None and entry.revision is not None
+        return Slot(key, kind.model_validate_json(entry.value), entry.revision, entry.value)
+
+    async def _save(self, slot: Slot) -> None:
+        async with slot.lock:  # one write per record at a time: revisions follow each other
+            for _ in range(CONFLICT_RETRIES):
+                if slot.record is None:
+                    return
+                data = slot.record.model_dump_json().encode()
+                if data == slot.written:
+                    return
+                try:
+                    slot.revision = await self._kv.update(slot.key, data, last=slot.revision)
+                    slot.written = data
+                    return
+                except KeyWrongLastSequenceError:
+                    await self._merge_theirs(slot)
+            raise KeyWrongLastSequenceError(description="record changed under every retry")
+
+    async def _merge_theirs(self, slot: Slot) -> None:
+        """Another replica wrote this record: fold theirs into ours, then write on top."""
+        entry = await self._kv.get(slot.key)
+        assert slot.record is not None and entry.value is not None and entry.revision is not None
+        theirs = type(slot.record).model_validate_json(entry.value)
+        merged = _merge(slot.record, theirs)
+        for name in type(merged).model_fields:  # in place: requests hold this object
+            setattr(slot.record, name, getattr(merged, name))
+        slot.revision, slot.written = entry.revision, entry.value
+        log.info("alert index %s: merged a concurrent write", slot.key)
+
+
+def _merge(ours: BaseModel, theirs: BaseModel) -> BaseModel:
+    if isinstance(ours, GroupMemory) and isinstance(theirs, GroupMemory):
+        return merge_groups(ours, theirs)
+    assert isinstance(ours, ServiceMemory) and isinstance(theirs, ServiceMemory)
+    return ours if ours.last_fired_at >= theirs.last_fired_at else theirs
