@@ -35,6 +35,11 @@ class SeriesState:
     def open(self) -> bool:
         return self.starts_at is not None
 
+    @property
+    def anomalous_since(self) -> datetime | None:
+        """Start of the open episode, or of the run of anomalous polls that may open one."""
+        return self.starts_at or self.run_since
+
 
 @dataclass(frozen=True)
 class Change:

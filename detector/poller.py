@@ -88,11 +88,14 @@ class Detector:
         events: list[Event] = []
         for one in series:
             key = SeriesKey(rule.name, series_fingerprint(rule.name, one.labels))
-            verdict = judge(rule.detector, one.samples, at.timestamp())
+            state = self.states.get(key, CLOSED)
+            since = state.anomalous_since
+            verdict = judge(rule.detector, one.samples, at.timestamp(),
+                            since.timestamp() if since else None)  # fmt: skip
             if verdict.why:
                 self.metrics.no_data.labels(rule.name, verdict.why).inc()
             state, changes = hysteresis.step(
-                self.states.get(key, CLOSED), verdict.level, at,
+                state, verdict.level, at,
                 fire_after=rule.for_polls, resolve_after=rule.resolve_polls,
             )  # fmt: skip
             staged[key] = state

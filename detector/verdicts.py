@@ -32,8 +32,16 @@ def no_data(why: NoDataReason) -> Verdict:
     return Verdict("no_data", why=why)
 
 
-def judge(spec: DetectorSpec, samples: Sequence[Sample], at: float) -> Verdict:
-    """The verdict on the sample at `at`, given the samples before it (oldest first)."""
+def judge(
+    spec: DetectorSpec, samples: Sequence[Sample], at: float, anomalous_since: float | None = None
+) -> Verdict:
+    """The verdict on the sample at `at`, given the samples before it (oldest first).
+
+    `anomalous_since` is when the series' current anomalous stretch began: a statistical
+    baseline leaves those samples out, so a spike does not become its own normal (an EWMA
+    would otherwise call the third minute of a spike healthy). Once the stretch outlasts the
+    window it is the new normal, and the whole window is the baseline again.
+    """
     if not samples or samples[-1][0] != at:
         return no_data("stale")  # Prometheus had no sample within its lookback of `at`
     x = samples[-1][1]
@@ -44,6 +52,9 @@ def judge(spec: DetectorSpec, samples: Sequence[Sample], at: float) -> Verdict:
     if isinstance(spec, ForecastDetector):
         return _forecast(spec, samples, at)
     history = [v for t, v in samples[:-1] if math.isfinite(v)]
+    if anomalous_since is not None:
+        before = [v for t, v in samples[:-1] if t < anomalous_since and math.isfinite(v)]
+        history = before if len(before) >= spec.min_samples else history
     if len(history) < spec.min_samples:
         return no_data("short_history")
     if spec.kind == "zscore":
