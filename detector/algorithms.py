@@ -16,7 +16,12 @@ from collections.abc import Sequence
 MAD_TO_SIGMA = 1.4826
 
 
-def _score(delta: float, spread: float) -> float:
+def _score(delta: float, spread: float, centre: float) -> float:
+    # Differences below float rounding of the centre are noise of the arithmetic, not of the
+    # series: a flat line at 86.2 must not get a spread of 1e-14 and turn 0 into -1 sigma.
+    tolerance = 1e-9 * abs(centre)
+    spread = 0.0 if spread <= tolerance else spread
+    delta = 0.0 if abs(delta) <= tolerance else delta
     if spread > 0:
         return delta / spread
     if delta == 0:
@@ -27,14 +32,14 @@ def _score(delta: float, spread: float) -> float:
 def zscore(history: Sequence[float], x: float) -> float:
     """Distance of `x` from the window's mean, in standard deviations."""
     mean = statistics.fmean(history)
-    return _score(x - mean, statistics.pstdev(history, mean))
+    return _score(x - mean, statistics.pstdev(history, mean), mean)
 
 
 def robust_zscore(history: Sequence[float], x: float) -> float:
     """Distance of `x` from the window's median, in MADs scaled to a standard deviation."""
     median = statistics.median(history)
     mad = statistics.median(abs(v - median) for v in history)
-    return _score(x - median, MAD_TO_SIGMA * mad)
+    return _score(x - median, MAD_TO_SIGMA * mad, median)
 
 
 def ewma(history: Sequence[float], alpha: float) -> tuple[float, float]:
@@ -49,7 +54,7 @@ def ewma(history: Sequence[float], alpha: float) -> tuple[float, float]:
 
 def ewma_zscore(history: Sequence[float], x: float, alpha: float) -> float:
     mean, var = ewma(history, alpha)
-    return _score(x - mean, math.sqrt(var))
+    return _score(x - mean, math.sqrt(var), mean)
 
 
 def expected(history: Sequence[float], kind: str, alpha: float = 0.3) -> float:

@@ -194,7 +194,7 @@ def load_rules(path: str | Path) -> RuleSet:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise RulesError(f"rules file {path}: not valid YAML{at}") from None
-    return parse_rules(raw, origin=str(path))
+    return parse_rules(raw, origin=f"rules file {path}")
 
 
 def parse_rules(raw: Any, *, origin: str = "rules") -> RuleSet:

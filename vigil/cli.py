@@ -25,7 +25,17 @@ from eventlog.sql import QueryResult, SqlError, run_read_only
 from eventlog.sql_service import request_sql
 from eventlog.store import open_database
 from eventlog.stream import BusUnreachable, connect
-from vigil.app import broker, bus, run_projector, stop_on_signals
+from vigil.app import (
+    HttpPortBusy,
+    bind_http,
+    broker,
+    bus,
+    run,
+    run_api,
+    run_projector,
+    run_roles,
+    stop_on_signals,
+)
 from vigil.broker import BrokerError
 from vigil.datadir import DataDirBusy, holding
 from vigil.runtime import read_runtime
@@ -80,17 +90,32 @@ def up() -> None:
         stop_on_signals(stop)
         async with broker(cfg) as (url, embedded):
             where = f"embedded, store {cfg.nats_store_dir}" if embedded else "external"
+            waiting = {"projector", "api"}
 
-            def ready(_: Projector) -> None:  # once NATS, the streams and DuckDB are there
+            def ready(role: str) -> None:  # NATS, the streams, DuckDB and HTTP are there
+                waiting.discard(role)
+                if waiting:
+                    return
+                host, port = sock.getsockname()[:2]
                 console.print(f"NATS   {url} ({where})")
                 console.print(f"DuckDB {cfg.db_path}")
+                console.print(f"HTTP   http://{host}:{port}/webhooks/alertmanager")
+                if cfg.webhook_token is None:
+                    err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
                 console.print("vigil is up")
 
-            await run_projector(cfg, url, stop, on_ready=ready)
+            await run_roles(
+                run_projector(cfg, url, stop, on_ready=lambda _: ready("projector")),
+                run_api(cfg, url, sock, stop, on_ready=lambda: ready("api")),
+            )
         console.print("vigil stopped")
 
     with holding(cfg.data_dir):
-        asyncio.run(main())
+        sock = bind_http(cfg)  # a busy port is a one-line error before anything starts
+        try:
+            run(main())
+        finally:
+            sock.close()
 
 
 @app.command()
@@ -108,7 +133,7 @@ def projector() -> None:
         await run_projector(cfg, cfg.nats_url, stop, on_ready=lambda _: console.print("projecting"))
 
     with holding(cfg.data_dir):
-        asyncio.run(main())
+        run(main())
 
 
 @app.command()
@@ -132,7 +157,7 @@ def run_sql(cfg: Settings, query: str, max_rows: int) -> QueryResult:
     except duckdb.IOException as exc:
         if "lock" not in str(exc):
             raise CliError(f"cannot open {path}: {exc}") from None
-        return asyncio.run(sql_via_bus(cfg, query, max_rows))
+        return run(sql_via_bus(cfg, query, max_rows))
     try:
         return run_read_only(con, query, max_rows=max_rows)
     finally:
@@ -209,9 +234,9 @@ def replay_cmd(
     # The data dir is ours while we replace its file or run its embedded broker.
     if output is None or not cfg.nats_url:
         with holding(cfg.data_dir):
-            asyncio.run(main())
+            run(main())
     else:
-        asyncio.run(main())
+        run(main())
 
 
 @app.command()
@@ -242,7 +267,7 @@ def demo() -> None:
         console.print(f'query it yourself: vigil sql "SELECT * FROM incidents" ({cfg.db_path})')
 
     with holding(cfg.data_dir):
-        asyncio.run(main())
+        run(main())
 
 
 async def until_roles_end(roles: asyncio.Task[None], waiting: Awaitable[T]) -> T:
@@ -261,6 +286,6 @@ def main() -> None:
     tune_gc()
     try:
         app()
-    except (CliError, SqlError, BrokerError, BusUnreachable, DataDirBusy) as exc:
+    except (CliError, SqlError, BrokerError, BusUnreachable, DataDirBusy, HttpPortBusy) as exc:
         err.print(f"vigil: {exc}", markup=False, highlight=False)
         raise SystemExit(2) from None

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,8 +33,26 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path(".vigil")
     http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8080, ge=0, le=65535)
-    prometheus_url: str | None = None
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0 = a free port")
+    webhook_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token Alertmanager sends (http_config.authorization); "
+        "unset: the webhook answers 401 to everyone",
+    )
+    webhook_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    webhook_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="NATS slower than this: the webhook answers 503"
+    )
+    correlation_window_seconds: float = Field(
+        default=900.0, ge=0, description="alerts of one service this close join one incident"
+    )
+    alert_memory_days: float = Field(
+        default=30.0, gt=0, description="how long an alert group is remembered after its last"
+    )
+    prometheus_url: str | None = Field(
+        default=None, description="set: `vigil up` runs the detector against it"
+    )
+    rules: Path = Field(default=Path("rules.yaml"), description="the detector's rules file")
     alertmanager_url: str | None = None
     model: str = "builtin"
     stream_replicas: int = Field(default=1, ge=1, le=5)

@@ -18,6 +18,7 @@ from tests.detector import history
 from tests.detector.history import minute
 from tests.detector.prometheus_server import PrometheusServer, free_port
 from tests.eventlog.stream_reading import stream_events
+from vigil.broker import EmbeddedNats
 
 pytestmark = pytest.mark.slow
 
@@ -117,6 +118,33 @@ async def test_a_restart_does_not_fire_an_open_anomaly_again(
     stored = await stream_events(js)
     assert [e.type for e in stored] == ["AnomalyDetected", "AnomalyResolved"]
     assert stored[1].data.starts_at == minute(history.SPIKE_FROM)  # type: ignore[attr-defined]
+
+
+async def test_events_not_acknowledged_are_emitted_again_with_the_same_ids(
+    prometheus: PrometheusServer,
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    metrics: DetectorMetrics,
+) -> None:
+    spike = rule("latency", SPIKE, {"kind": "threshold", "threshold": 1.0}, for_polls=2)
+    rules = parse_rules({"rules": [spike]})
+    source = PrometheusSource(prometheus.url)
+    first = Detector(rules, source, EventPublisher(js, ack_timeout=0.5), metrics)
+    assert await walk(first, 140, 150) == []  # minute 150: the first breach
+    await nats_server.stop()
+    assert await first.evaluate(minute(151)) == []  # would fire, but nothing acknowledged it
+    assert metrics.sample("vigil_detector_publish_failures_total", rule="latency") == 1
+    await nats_server.start()
+
+    # The state is as the failed poll left it, so polling the minute again is what the next
+    # poll does; each try is bounded by the ack timeout while the client reconnects.
+    for _ in range(30):
+        if again := await first.evaluate(minute(151)):
+            break
+    assert types(list(enumerate(again, 151))) == [(151, "AnomalyDetected", "checkout")]
+    assert await walk(first, 152, 153) == []
+    stored = await stream_events(js)  # the first try, buffered while down, may have gone too
+    assert [e.id for e in stored] == [again[0].id]
 
 
 async def test_what_prometheus_cannot_answer_is_counted_never_an_event(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import signal
 import socket
 from collections import Counter
@@ -112,11 +113,13 @@ async def test_up_prints_where_it_is_and_sql_goes_through_it(
     # a long path: each line must stay one line though rich thinks a pipe is 80 columns wide
     data = tmp_path / "a-data-dir-whose-name-is-long-enough-to-pass-eighty-columns"
     up = await up_with_story(vigil_up, data)
-    nats_line, db_line, ready = up.lines[:3]
+    nats_line, db_line, http_line, ready = up.lines[:4]
     assert nats_line.startswith("NATS   nats://127.0.0.1:"), up.lines
     assert "embedded" in nats_line and str(data / "nats") in nats_line
     assert db_line == f"DuckDB {data / 'vigil.duckdb'}"
+    assert re.fullmatch(r"HTTP   http://127\.0\.0\.1:\d+/webhooks/alertmanager", http_line)
     assert ready == "vigil is up"
+    assert any("VIGIL_WEBHOOK_TOKEN is not set" in line for line in up.stderr)
     # The file is held by `vigil up`: a second process cannot open it, so `vigil sql` must
     # be answered by the running service over NATS.
     assert db_locked(data / "vigil.duckdb")
@@ -275,6 +278,11 @@ def busy_port() -> Iterator[int]:
 async def test_up_on_a_port_in_use(tmp_path: Path, busy_port: int) -> None:
     done = await run_vigil("up", env=vigil_env(tmp_path / "data", nats_port=str(busy_port)))
     one_line_error(done, f"port {busy_port}", "already in use", "VIGIL_NATS_PORT")
+
+
+async def test_up_on_an_http_port_in_use(tmp_path: Path, busy_port: int) -> None:
+    done = await run_vigil("up", env=vigil_env(tmp_path / "data", http_port=str(busy_port)))
+    one_line_error(done, f"127.0.0.1:{busy_port}", "in use", "VIGIL_HTTP_PORT")
 
 
 @pytest.mark.parametrize("command", ["up", "demo", "replay"])

@@ -43,6 +43,7 @@ def vigil_env(
         env["COLUMNS"] = str(columns)
     if data_dir is not None:
         env["VIGIL_DATA_DIR"] = str(data_dir)
+    env["VIGIL_HTTP_PORT"] = "0"  # tests run side by side: never the default 8080
     env.update({f"VIGIL_{k.upper()}": v for k, v in settings.items()})
     return env
 
@@ -198,6 +199,12 @@ class VigilUp:
         assert runtime is not None, "vigil is up but wrote no runtime.json"
         assert runtime.pid == self.pid
         return runtime
+
+    def http_url(self) -> str:
+        """The webhook's URL, as `vigil up` announced it (after `up()`)."""
+        announced = [line.split()[1] for line in self.lines if line.startswith("HTTP ")]
+        assert announced, f"vigil up announced no HTTP address: {self.lines}"
+        return announced[0]
 
     def nats_server(self) -> Watched:
         """The nats-server child of this `vigil up`, watched (and killed at teardown)."""

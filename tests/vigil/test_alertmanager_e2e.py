@@ -1,0 +1,158 @@
+"""A real Alertmanager 0.25 notifying a real `vigil up`: alerts posted to Alertmanager's own
+API arrive as events and as `incidents` rows in DuckDB, resolutions and storms included."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+from vigil_cli_support import StartUp, run_vigil, vigil_env, wait_projected
+
+from eventlog.envelope import Event, parse_event
+from eventlog.stream import EVENTS_STREAM, connect
+from tests.alertmanager.alertmanager_server import AlertmanagerServer, am_alert
+from vigil.runtime import Runtime
+
+TOKEN = "a-token-only-alertmanager-knows"
+DEADLINE = 20.0
+
+
+class EventWatch:
+    """Every event appended while the watch is open (a core subscription to the stream's
+    subjects), and a way to await a condition on them."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+
+    async def on_message(self, msg: Msg) -> None:
+        self.events.append(parse_event(msg.data))
+        self._changed.set()
+
+    async def until(self, done: Callable[[list[Event]], bool], what: str) -> None:
+        try:
+            async with asyncio.timeout(DEADLINE):
+                while not done(self.events):
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"{what}: not within {DEADLINE:g}s; saw {self.events}") from None
+
+    def of_type(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.type == kind]
+
+
+@contextlib.asynccontextmanager
+async def watching(runtime: Runtime) -> AsyncIterator[tuple[EventWatch, Callable[[], Any]]]:
+    nc = await connect(runtime.nats_url, name="vigil-test-watch")
+    watch = EventWatch()
+    await nc.subscribe("vigil.evt.>", cb=watch.on_message)
+
+    async def last_seq() -> int:
+        return (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq
+
+    try:
+        yield watch, last_seq
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Callable[[str], AlertmanagerServer]]:
+    started: list[AlertmanagerServer] = []
+
+    def start(webhook_url: str) -> AlertmanagerServer:
+        server = AlertmanagerServer(tmp_path / f"am{len(started)}", webhook_url, TOKEN)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+async def incidents(data: Path) -> list[dict[str, object]]:
+    done = await run_vigil(
+        "sql",
+        "SELECT service, title, list_sort(firing) AS firing, anomalies FROM incidents "
+        "ORDER BY service, title",
+        "--format",
+        "json",
+        env=vigil_env(data),
+    )
+    assert done.rc == 0, done
+    return json.loads(done.out)
+
+
+async def test_alerts_and_their_resolution_become_events_and_incidents(
+    vigil_up: StartUp, alertmanager: Callable[[str], AlertmanagerServer], tmp_path: Path
+) -> None:
+    data = tmp_path / "vigil"
+    up = await vigil_up(data, webhook_token=TOKEN)
+    runtime = await up.up()
+    async with watching(runtime) as (watch, last_seq):
+        am = alertmanager(up.http_url())
+        now = datetime.now(UTC).replace(microsecond=0)
+        firing = [
+            am_alert("HighLatency", now, service="checkout", instance="a"),
+            am_alert("HighLatency", now, service="checkout", instance="b"),
+            am_alert("DiskFull", now, service="db", instance="db1"),
+        ]
+        await am.post_alerts(firing)
+        await watch.until(lambda _: len(watch.of_type("AnomalyDetected")) == 3, "3 alerts")
+        # Prometheus resolves an alert by sending it with an endsAt that has passed.
+        ended = now + timedelta(seconds=1)
+        await am.post_alerts([am_alert("DiskFull", now, ended, service="db", instance="db1")])
+        await watch.until(lambda _: len(watch.of_type("AnomalyResolved")) == 1, "resolution")
+        await wait_projected(runtime, await last_seq())
+
+    detected = watch.of_type("AnomalyDetected")
+    assert {e.data.labels["instance"] for e in detected} == {"a", "b", "db1"}  # type: ignore[union-attr]
+    assert all(e.data.origin == "alertmanager" for e in detected)  # type: ignore[union-attr]
+    (resolved,) = watch.of_type("AnomalyResolved")
+    disk = next(e for e in detected if e.data.labels["instance"] == "db1")  # type: ignore[union-attr]
+    assert resolved.incident_id == disk.incident_id
+    rows = await incidents(data)
+    checkout = sorted(e.data.fingerprint for e in detected if e.data.service == "checkout")  # type: ignore[union-attr]
+    assert rows == [
+        {"service": "checkout", "title": "HighLatency", "firing": checkout, "anomalies": 2},
+        {"service": "db", "title": "DiskFull", "firing": [], "anomalies": 1},
+    ]
+
+
+async def test_an_alert_storm_opens_a_handful_of_incidents(
+    vigil_up: StartUp, alertmanager: Callable[[str], AlertmanagerServer], tmp_path: Path
+) -> None:
+    """300 alerts of 3 alert names on 2 services: Alertmanager notifies 6 groups, several
+    times each as they fill; Vigil stores each alert once and opens one incident per service."""
+    data = tmp_path / "vigil"
+    up = await vigil_up(data, webhook_token=TOKEN)
+    runtime = await up.up()
+    async with watching(runtime) as (watch, last_seq):
+        am = alertmanager(up.http_url())
+        now = datetime.now(UTC).replace(microsecond=0)
+        names = ("HighLatency", "ErrorBudgetBurn", "PodRestarting")
+        storm = [
+            am_alert(
+                names[i % 3],
+                now + timedelta(seconds=i // 10),
+                service=("checkout", "cart")[i % 2],
+                pod=f"p{i}",
+            )
+            for i in range(300)
+        ]
+        for wave in range(3):  # in waves, so groups are notified again with more alerts
+            await am.post_alerts(storm[wave * 100 : (wave + 1) * 100])
+        await watch.until(lambda _: len(watch.events) >= 300, "300 alerts")
+        await wait_projected(runtime, await last_seq())
+    assert len(watch.events) == 300 and len({e.id for e in watch.events}) == 300
+    rows = await incidents(data)
+    assert [(r["service"], r["anomalies"]) for r in rows] == [("cart", 150), ("checkout", 150)]
