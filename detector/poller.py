@@ -113,9 +113,7 @@ class Detector:
     async def _query(self, rule: Rule, at: datetime) -> list[Series] | None:
         started = time.monotonic()
         try:
-            series = await self.prometheus.query_range(
-                rule.query, at, rule.detector.lookback, rule.resolution
-            )
+            series = await self.prometheus.query_range(rule.query, at, rule.span, rule.resolution)
         except QueryFailed as exc:
             log.warning("rule %s: query at %s failed: %s", rule.name, at.isoformat(), exc)
             self.metrics.polls.labels(rule.name, exc.reason).inc()

@@ -143,6 +143,12 @@ class Rule(_Spec):
     def resolution(self) -> timedelta:
         return self.step or self.interval
 
+    @property
+    def span(self) -> timedelta:
+        """The detector's lookback in whole steps: Prometheus puts range points at start + k *
+        step, so only a whole number of steps puts the last one exactly at the poll time."""
+        return self.resolution * (self.detector.lookback // self.resolution)
+
     @field_validator("interval", "step")
     @classmethod
     def _whole_seconds(cls, v: timedelta | None) -> timedelta | None:

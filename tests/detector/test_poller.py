@@ -48,7 +48,7 @@ def types(events: list[tuple[int, Event]]) -> list[tuple[int, str, str]]:
 SPIKE = "app_latency_seconds"
 SPIKE_DETECTORS = [
     {"kind": "threshold", "threshold": 1.0},
-    {"kind": "zscore", "window": "1h", "direction": "above"},
+    {"kind": "zscore", "window": "1h30s", "direction": "above"},  # not whole steps: 60 of them
     {"kind": "robust_zscore", "window": "1h", "direction": "above"},
     {"kind": "ewma", "window": "1h", "alpha": 0.05, "direction": "above"},
 ]

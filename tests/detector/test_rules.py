@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.rules import RulesError, load_rules, parse_duration
+from detector.rules import RulesError, load_rules, parse_duration, parse_rules
 
 SAMPLE = Path(__file__).parents[2] / "deploy" / "rules.yaml"
 
@@ -72,3 +72,13 @@ def test_a_mistake_is_one_line_naming_rule_and_field(
 def test_a_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(RulesError, match="cannot read it"):
         load_rules(tmp_path / "nope.yaml")
+
+
+def test_the_history_is_whole_steps_ending_at_the_poll() -> None:
+    rules = load_rules(SAMPLE).rules
+    by_name = {r.name: r for r in rules}
+    assert by_name["checkout-error-ratio"].span == timedelta(0)
+    assert by_name["node-filesystem-filling-up"].span == timedelta(hours=6)
+    odd = parse_rules({"rules": [{"name": "r", "query": "up", "interval": "7m",
+                                  "detector": {"kind": "zscore", "window": "2h"}}]})  # fmt: skip
+    assert odd.rules[0].span == timedelta(minutes=7 * 17)
