@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from alertmanager.alert_index import AlertIndex
+from alertmanager.metrics import WebhookMetrics
 from alertmanager.receiver import DEFAULT_MAX_BYTES, DEFAULT_WINDOW
 from api.webhooks import router as webhooks
 from eventlog.publisher import EventPublisher
@@ -21,10 +24,26 @@ class WebhookConfig:
     timeout: float = 5.0
 
 
-def create_app(publisher: EventPublisher, index: AlertIndex, webhook: WebhookConfig) -> FastAPI:
+def create_app(
+    publisher: EventPublisher,
+    index: AlertIndex,
+    webhook: WebhookConfig,
+    *,
+    registry: CollectorRegistry = REGISTRY,
+) -> FastAPI:
     app = FastAPI(title="Vigil", version="0.1.0")
     app.state.publisher = publisher
     app.state.alert_index = index
     app.state.webhook = webhook
+    app.state.webhook_metrics = WebhookMetrics(registry)
     app.include_router(webhooks)
+    add_metrics(app, registry)
     return app
+
+
+def add_metrics(app: FastAPI, registry: CollectorRegistry = REGISTRY) -> None:
+    """GET /metrics: Vigil's own health (webhook, detector, ...) for Prometheus to scrape."""
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from alertmanager.receiver import Accepted, Refused, check_token, read_bounded, receive
 
 if TYPE_CHECKING:
+    from alertmanager.metrics import WebhookMetrics
     from api.app import WebhookConfig
 
 router = APIRouter()
@@ -21,10 +22,11 @@ async def alertmanager_webhook(
 ) -> Accepted | JSONResponse:
     state = request.app.state
     config: WebhookConfig = state.webhook
+    metrics: WebhookMetrics = state.webhook_metrics
     try:
         check_token(authorization, config.token)
         body = await read_bounded(request.stream(), config.max_bytes)
-        return await receive(
+        accepted = await receive(
             body,
             state.publisher,
             state.alert_index,
@@ -32,5 +34,10 @@ async def alertmanager_webhook(
             timeout=config.timeout,
         )
     except Refused as refused:
+        metrics.requests.labels(str(refused.status)).inc()
         headers = {"WWW-Authenticate": "Bearer"} if refused.status == 401 else None
         return JSONResponse({"detail": refused.message}, refused.status, headers=headers)
+    metrics.requests.labels("200").inc()
+    metrics.alerts.labels("stored").inc(accepted.stored)
+    metrics.alerts.labels("duplicate").inc(accepted.duplicates)
+    return accepted

@@ -13,11 +13,14 @@ from typing import Any, TypeVar
 
 import uvicorn
 import uvloop
+from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
 from alertmanager.alert_index import AlertIndex
 from api.app import WebhookConfig, create_app
+from detector.poller import run_detector
+from detector.rules import RuleSet
 from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher
 from eventlog.sql_service import serve_sql, sql_subject
@@ -171,23 +174,50 @@ async def run_api(
                 timeout=settings.webhook_timeout_seconds,
             ),
         )
-        config = uvicorn.Config(
-            app,
-            loop="none",  # ours: uvloop, set by the CLI
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=settings.webhook_timeout_seconds + 1,
-        )
-        server = _Server(config)
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        await serve_http(app, sock, stop, on_ready=on_ready, grace=settings.webhook_timeout_seconds)
+
+
+async def run_detector_role(
+    settings: Settings,
+    url: str,
+    rules: RuleSet,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[], None],
+) -> None:
+    """The Prometheus poller, publishing what it finds."""
+    assert settings.prometheus_url
+    async with bus(settings, url, "vigil-detector") as nc:
         on_ready()
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True  # finish requests in flight, then close
-        stopping.cancel()
-        await serving
+        await run_detector(nc.jetstream(), settings.prometheus_url, rules, stop)
+
+
+async def serve_http(
+    app: FastAPI,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[], None],
+    grace: float = 5.0,
+) -> None:
+    """uvicorn on `sock` until `stop`, then requests in flight get `grace` seconds to end."""
+    config = uvicorn.Config(
+        app,
+        loop="none",  # ours: uvloop, set by the CLI
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=grace + 1,
+    )
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    on_ready()
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True  # finish requests in flight, then close
+    stopping.cancel()
+    await serving
 
 
 class _Server(uvicorn.Server):

@@ -14,10 +14,13 @@ from typing import Annotated, Any, Literal, TypeVar
 import duckdb
 import orjson
 import typer
+from fastapi import FastAPI
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from api.app import add_metrics
+from detector.rules import RulesError, RuleSet, load_rules
 from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher
 from eventlog.replay import replay
@@ -32,8 +35,10 @@ from vigil.app import (
     bus,
     run,
     run_api,
+    run_detector_role,
     run_projector,
     run_roles,
+    serve_http,
     stop_on_signals,
 )
 from vigil.broker import BrokerError
@@ -84,13 +89,14 @@ def up() -> None:
     """Run every role in one process (with an embedded nats-server unless VIGIL_NATS_URL)."""
     cfg = settings()
     usable_dir(cfg.data_dir)
+    rules = detector_rules(cfg) if cfg.prometheus_url else None
 
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
         async with broker(cfg) as (url, embedded):
             where = f"embedded, store {cfg.nats_store_dir}" if embedded else "external"
-            waiting = {"projector", "api"}
+            waiting = {"projector", "api"} | ({"detector"} if rules else set())
 
             def ready(role: str) -> None:  # NATS, the streams, DuckDB and HTTP are there
                 waiting.discard(role)
@@ -102,12 +108,20 @@ def up() -> None:
                 console.print(f"HTTP   http://{host}:{port}/webhooks/alertmanager")
                 if cfg.webhook_token is None:
                     err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
+                if rules:
+                    n, source = len(rules.rules), cfg.prometheus_url
+                    console.print(f"Rules  {n} from {cfg.rules}, polling {source}")
                 console.print("vigil is up")
 
-            await run_roles(
+            roles = [
                 run_projector(cfg, url, stop, on_ready=lambda _: ready("projector")),
                 run_api(cfg, url, sock, stop, on_ready=lambda: ready("api")),
-            )
+            ]
+            if rules:
+                roles.append(
+                    run_detector_role(cfg, url, rules, stop, on_ready=lambda: ready("detector"))
+                )
+            await run_roles(*roles)
         console.print("vigil stopped")
 
     with holding(cfg.data_dir):
@@ -134,6 +148,48 @@ def projector() -> None:
 
     with holding(cfg.data_dir):
         run(main())
+
+
+@app.command()
+def detector() -> None:
+    """Run the Prometheus detector alone against VIGIL_NATS_URL (its /metrics on VIGIL_HTTP_*)."""
+    cfg = settings()
+    if not cfg.nats_url:
+        raise CliError("VIGIL_NATS_URL is required: the detector joins an existing NATS")
+    if not cfg.prometheus_url:
+        raise CliError("VIGIL_PROMETHEUS_URL is required: the detector polls it")
+    rules = detector_rules(cfg)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        assert cfg.nats_url
+        metrics = FastAPI(title="Vigil detector")
+        add_metrics(metrics)
+        host, port = sock.getsockname()[:2]
+        await run_roles(
+            run_detector_role(
+                cfg, cfg.nats_url, rules, stop,
+                on_ready=lambda: console.print(
+                    f"detecting: {len(rules.rules)} rules from {cfg.rules} on "
+                    f"{cfg.prometheus_url}; metrics on http://{host}:{port}/metrics"
+                ),
+            ),
+            serve_http(metrics, sock, stop, on_ready=lambda: None),
+        )  # fmt: skip
+
+    sock = bind_http(cfg)
+    try:
+        run(main())
+    finally:
+        sock.close()
+
+
+def detector_rules(cfg: Settings) -> RuleSet:
+    try:
+        return load_rules(cfg.rules)
+    except RulesError as exc:
+        raise CliError(f"{exc} (VIGIL_RULES)") from None
 
 
 @app.command()

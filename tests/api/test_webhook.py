@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
 
 from alertmanager.alert_index import AlertIndex
 from api.app import WebhookConfig, create_app
@@ -31,7 +32,9 @@ async def api(js: JetStreamContext, token: str | None = TOKEN) -> AsyncIterator[
     (what a restarted Vigil has: only what KV holds)."""
     index = await AlertIndex.open(js)
     config = WebhookConfig(token=token, max_bytes=64_000, timeout=1.0)
-    app = create_app(EventPublisher(js, ack_timeout=1.0), index, config)
+    app = create_app(
+        EventPublisher(js, ack_timeout=1.0), index, config, registry=CollectorRegistry()
+    )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as c:
         yield c
@@ -64,6 +67,11 @@ async def test_the_same_notification_again_stores_nothing_new(
     again = await client.post("/webhooks/alertmanager", json=PAYLOAD, headers=AUTH)
     assert again.json() == {"alerts": 2, "stored": 0, "duplicates": 2}
     assert await stored(js) == 2
+    await client.post("/webhooks/alertmanager", json=PAYLOAD)  # no token
+    scrape = (await client.get("/metrics")).text
+    assert 'vigil_webhook_alerts_total{outcome="stored"} 2.0' in scrape
+    assert 'vigil_webhook_alerts_total{outcome="duplicate"} 2.0' in scrape
+    assert 'vigil_webhook_requests_total{status="401"} 1.0' in scrape
 
 
 @pytest.mark.parametrize(

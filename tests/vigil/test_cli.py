@@ -365,6 +365,25 @@ async def test_projector_needs_a_nats_url(tmp_path: Path) -> None:
     one_line_error(done, "VIGIL_NATS_URL is required")
 
 
+async def test_detector_needs_nats_prometheus_and_rules(tmp_path: Path) -> None:
+    done = await run_vigil("detector", env=vigil_env(tmp_path))
+    one_line_error(done, "VIGIL_NATS_URL is required")
+    nats = {"nats_url": "nats://127.0.0.1:1"}
+    done = await run_vigil("detector", env=vigil_env(tmp_path, **nats))
+    one_line_error(done, "VIGIL_PROMETHEUS_URL is required")
+    prometheus = {"prometheus_url": "http://127.0.0.1:1"}
+    missing = tmp_path / "nope.yaml"
+    done = await run_vigil(
+        "detector", env=vigil_env(tmp_path, rules=str(missing), **nats, **prometheus)
+    )
+    one_line_error(done, f"rules file {missing}", "VIGIL_RULES")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: cpu\n    query: up\n    interval: 1s\n")
+    done = await run_vigil("up", env=vigil_env(tmp_path / "data", rules=str(rules), **prometheus))
+    one_line_error(done, f"rules file {rules}", "cpu", "detector", "VIGIL_RULES")
+    assert not (tmp_path / "data" / "nats").exists()  # refused before anything started
+
+
 @pytest.mark.parametrize("command", ["projector", "up", "replay"])
 async def test_unreachable_nats_is_one_line_not_a_hang(tmp_path: Path, command: str) -> None:
     env = {**vigil_env(tmp_path / "data"), "VIGIL_NATS_URL": "nats://127.0.0.1:1"}

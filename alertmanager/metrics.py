@@ -1,0 +1,18 @@
+"""The webhook's own counters, for Prometheus to scrape next to everything else Vigil exports."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+
+class WebhookMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.requests = Counter(
+            "vigil_webhook_requests", "Alertmanager notifications, by HTTP status answered",
+            ["status"], registry=registry,
+        )  # fmt: skip
+        self.alerts = Counter(
+            "vigil_webhook_alerts",
+            "Alerts in accepted notifications: stored, or a duplicate of one stored before",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
