@@ -3,50 +3,22 @@ API arrive as events and as `incidents` rows in DuckDB, resolutions and storms i
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from vigil_cli_support import StartUp, run_vigil, vigil_env, wait_projected
+from vigil_cli_support import EventWatch, StartUp, run_vigil, vigil_env, wait_projected
 
-from eventlog.envelope import Event, parse_event
 from eventlog.stream import EVENTS_STREAM, connect
 from tests.alertmanager.alertmanager_server import AlertmanagerServer, am_alert
 from vigil.runtime import Runtime
 
 TOKEN = "a-token-only-alertmanager-knows"
 DEADLINE = 20.0
-
-
-class EventWatch:
-    """Every event appended while the watch is open (a core subscription to the stream's
-    subjects), and a way to await a condition on them."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._changed = asyncio.Event()
-
-    async def on_message(self, msg: Msg) -> None:
-        self.events.append(parse_event(msg.data))
-        self._changed.set()
-
-    async def until(self, done: Callable[[list[Event]], bool], what: str) -> None:
-        try:
-            async with asyncio.timeout(DEADLINE):
-                while not done(self.events):
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            raise AssertionError(f"{what}: not within {DEADLINE:g}s; saw {self.events}") from None
-
-    def of_type(self, kind: str) -> list[Event]:
-        return [e for e in self.events if e.type == kind]
 
 
 @dataclass

@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventlog.envelope import Event
+from nats.aio.msg import Msg
+
+from eventlog.envelope import Event, parse_event
 from eventlog.publisher import EventPublisher
 from eventlog.sql_service import request_sql
 from eventlog.stream import connect
@@ -299,3 +301,28 @@ async def wait_projected(runtime: Runtime, seq: int, timeout: float = DEADLINE) 
         ) from None
     finally:
         await nc.close()
+
+
+class EventWatch:
+    """Every event appended while the watch is open (a core subscription to the stream's
+    subjects), and a way to await a condition on them."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+
+    async def on_message(self, msg: Msg) -> None:
+        self.events.append(parse_event(msg.data))
+        self._changed.set()
+
+    async def until(self, done: Callable[[list[Event]], bool], what: str) -> None:
+        try:
+            async with asyncio.timeout(DEADLINE):
+                while not done(self.events):
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"{what}: not within {DEADLINE:g}s; saw {self.events}") from None
+
+    def of_type(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.type == kind]
