@@ -72,12 +72,19 @@ class AlertIndex:
     async def load(
         self, group_key: str, services: set[str]
     ) -> tuple[Slot[GroupMemory], dict[str, Slot[ServiceMemory]]]:
-        keys = [memory_key("g", group_key), *(memory_key("s", s) for s in sorted(services))]
-        slots = await asyncio.gather(
-            self._slot(keys[0], GroupMemory),
-            *(self._slot(k, ServiceMemory) for k in keys[1:]),
-        )
-        return slots[0], dict(zip(sorted(services), slots[1:], strict=True))
+        names = sorted(services)
+        keys = [memory_key("g", group_key), *(memory_key("s", s) for s in names)]
+        cached = [self._slots.get(k) for k in keys]
+        if all(slot is not None for slot in cached):  # the usual case: no task, no await
+            for key in keys:
+                self._slots.move_to_end(key)
+            slots = cached
+        else:
+            slots = await asyncio.gather(
+                self._slot(keys[0], GroupMemory),
+                *(self._slot(k, ServiceMemory) for k in keys[1:]),
+            )
+        return slots[0], dict(zip(names, slots[1:], strict=True))  # type: ignore[arg-type]
 
     async def save(self, *slots: Slot) -> None:
         """Write each changed record; raises what NATS raised when one could not be."""

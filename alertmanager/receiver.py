@@ -107,6 +107,8 @@ async def receive(
         except PublishError as exc:
             raise _unavailable(payload, "events not stored", exc) from None
     plan.mark_stored()
+    if not plan.events:  # every alert a known duplicate: nothing changed to remember
+        return Accepted(alerts=len(payload.alerts), stored=0, duplicates=plan.duplicates)
     try:
         async with asyncio.timeout(timeout):
             await index.save(group, *service_slots.values())
