@@ -33,13 +33,17 @@ R = TypeVar("R", GroupMemory, ServiceMemory)
 @dataclass
 class Slot(Generic[R]):
     """One record as this process knows it: the value, the KV revision it was read or
-    written at, and the bytes last written (an unchanged record is not written again)."""
+    written at, and how many changes it had then and has now (unchanged: not written)."""
 
     key: str
     record: R | None
     revision: int
-    written: bytes
+    changes: int = 0
+    saved_changes: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def changed(self) -> None:
+        self.changes += 1
 
 
 class AlertIndex:
@@ -87,8 +91,13 @@ class AlertIndex:
         return slots[0], dict(zip(names, slots[1:], strict=True))  # type: ignore[arg-type]
 
     async def save(self, *slots: Slot) -> None:
-        """Write each changed record; raises what NATS raised when one could not be."""
-        await asyncio.gather(*(self._save(slot) for slot in slots))
+        """Write each changed record; raises what NATS raised when one could not be (it
+        stays changed, so the next save writes it)."""
+        changed = [s for s in slots if s.record is not None and s.changes != s.saved_changes]
+        if len(changed) == 1:
+            await self._save(changed[0])
+        elif changed:
+            await asyncio.gather(*(self._save(slot) for slot in changed))
 
     def forget(self) -> None:
         """Drop the in-memory copies: the next load reads KV (what a restart does)."""
@@ -117,21 +126,20 @@ class AlertIndex:
             # A deleted key has a tombstone: its revision is what the next write must name.
             revision = exc.entry.revision if getattr(exc, "entry", None) else 0
             empty = GroupMemory() if kind is GroupMemory else None  # a group always has one
-            return Slot(key, empty, revision, b"")  # type: ignore[arg-type]
+            return Slot(key, empty, revision)  # type: ignore[arg-type]
         assert entry.value is not None and entry.revision is not None
-        return Slot(key, kind.model_validate_json(entry.value), entry.revision, entry.value)
+        return Slot(key, kind.model_validate_json(entry.value), entry.revision)
 
     async def _save(self, slot: Slot) -> None:
         async with slot.lock:  # one write per record at a time: revisions follow each other
             for _ in range(CONFLICT_RETRIES):
-                if slot.record is None:
+                changes = slot.changes
+                if slot.record is None or changes == slot.saved_changes:
                     return
                 data = slot.record.model_dump_json().encode()
-                if data == slot.written:
-                    return
                 try:
                     slot.revision = await self._kv.update(slot.key, data, last=slot.revision)
-                    slot.written = data
+                    slot.saved_changes = changes  # later changes wait for the lock: written next
                     return
                 except KeyWrongLastSequenceError:
                     await self._merge_theirs(slot)
@@ -145,7 +153,7 @@ class AlertIndex:
         merged = _merge(slot.record, theirs)
         for name in type(merged).model_fields:  # in place: requests hold this object
             setattr(slot.record, name, getattr(merged, name))
-        slot.revision, slot.written = entry.revision, entry.value
+        slot.revision = entry.revision
         log.info("alert index %s: merged a concurrent write", slot.key)
 
 

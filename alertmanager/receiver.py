@@ -107,8 +107,9 @@ async def receive(
         except PublishError as exc:
             raise _unavailable(payload, "events not stored", exc) from None
     plan.mark_stored()
-    if not plan.events:  # every alert a known duplicate: nothing changed to remember
-        return Accepted(alerts=len(payload.alerts), stored=0, duplicates=plan.duplicates)
+    if plan.events:
+        for slot in (group, *service_slots.values()):
+            slot.changed()
     try:
         async with asyncio.timeout(timeout):
             await index.save(group, *service_slots.values())
