@@ -53,7 +53,7 @@ class Detector:
         self.prometheus = prometheus
         self.publisher = publisher
         self.metrics = metrics
-        self.states: dict[SeriesKey, SeriesState] = states or {}
+        self.states: dict[SeriesKey, SeriesState] = {} if states is None else states
         for rule in rules.rules:
             self._count_open(rule)
 
