@@ -14,9 +14,10 @@ from detector import Detector, DetectorMetrics, PrometheusSource, run_detector
 from detector.rules import parse_rules
 from eventlog.envelope import Event, parse_event
 from eventlog.publisher import EventPublisher
+from tests.daemons import free_port
 from tests.detector import history
 from tests.detector.history import minute
-from tests.detector.prometheus_server import PrometheusServer, free_port
+from tests.detector.prometheus_server import PrometheusServer
 from tests.eventlog.stream_reading import stream_events
 from vigil.broker import EmbeddedNats
 

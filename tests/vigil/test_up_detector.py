@@ -28,7 +28,6 @@ rules:
 async def test_up_detects_what_prometheus_shows_now(vigil_up: StartUp, tmp_path: Path) -> None:
     now = int(time.time())
     recent = [(t, 0.97) for t in range(now - 1800, now - 20, 20)]
-    (tmp_path / "prometheus").mkdir()
     prometheus = PrometheusServer(tmp_path / "prometheus")
     prometheus.backfill(openmetrics([("disk_used_ratio", {"service": "db"}, recent)]))
     prometheus.start()
