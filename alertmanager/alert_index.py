@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -19,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from alertmanager.correlation import GroupMemory, ServiceMemory, memory_key, merge_groups
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 ALERTS_BUCKET = "VIGIL_ALERTS"
 DEFAULT_TTL_SECONDS = 30 * 24 * 3600.0
 CONFLICT_RETRIES = 5
+MAX_RECORD_BYTES = 900_000  # under NATS's default max_payload (1 MB) with headers to spare
 R = TypeVar("R", GroupMemory, ServiceMemory)
 
 
@@ -40,15 +42,25 @@ class Slot(Generic[R]):
     revision: int
     changes: int = 0
     saved_changes: int = 0
+    saved_at: float = -math.inf  # loop time of our last write: never, for a record read
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def changed(self) -> None:
         self.changes += 1
 
+    def due(self, refresh_after: float) -> bool:
+        """Changed since written, or written so long ago that KV's max age nears (a record
+        in use is rewritten, so a Watchdog alert firing for months is still known)."""
+        stale = asyncio.get_running_loop().time() - self.saved_at > refresh_after
+        return self.record is not None and (self.changes != self.saved_changes or stale)
+
 
 class AlertIndex:
-    def __init__(self, kv: KeyValue, *, cache_size: int = 100_000) -> None:
+    def __init__(
+        self, kv: KeyValue, *, ttl: float = DEFAULT_TTL_SECONDS, cache_size: int = 100_000
+    ) -> None:
         self._kv = kv
+        self._refresh_after = ttl / 2
         self._cache_size = cache_size
         self._slots: OrderedDict[str, Slot] = OrderedDict()
         self._loading: dict[str, asyncio.Future[Slot]] = {}
@@ -71,7 +83,7 @@ class AlertIndex:
                     replicas=replicas,
                 )
             )
-        return cls(kv)
+        return cls(kv, ttl=ttl)
 
     async def load(
         self, group_key: str, services: set[str]
@@ -93,7 +105,7 @@ class AlertIndex:
     async def save(self, *slots: Slot) -> None:
         """Write each changed record; raises what NATS raised when one could not be (it
         stays changed, so the next save writes it)."""
-        changed = [s for s in slots if s.record is not None and s.changes != s.saved_changes]
+        changed = [s for s in slots if s.due(self._refresh_after)]
         if len(changed) == 1:
             await self._save(changed[0])
         elif changed:
@@ -120,41 +132,74 @@ class AlertIndex:
         return slot
 
     async def _read(self, key: str, kind: type[R]) -> Slot[R]:
+        record, revision = await self._get(key, kind)
+        if record is None and kind is GroupMemory:
+            record = GroupMemory()  # type: ignore[assignment]  # a group always has one
+        return Slot(key, record, revision)
+
+    async def _get(self, key: str, kind: type[R]) -> tuple[R | None, int]:
+        """The record and its revision; none (at the revision a write must name) when the
+        key is missing, deleted, expired, or holds what this version cannot read."""
         try:
             entry = await self._kv.get(key)
         except KeyNotFoundError as exc:
             # A deleted key has a tombstone: its revision is what the next write must name.
-            revision = exc.entry.revision if getattr(exc, "entry", None) else 0
-            empty = GroupMemory() if kind is GroupMemory else None  # a group always has one
-            return Slot(key, empty, revision)  # type: ignore[arg-type]
-        assert entry.value is not None and entry.revision is not None
-        return Slot(key, kind.model_validate_json(entry.value), entry.revision)
+            entry = getattr(exc, "entry", None)
+            return None, (entry.revision or 0) if entry is not None else 0
+        try:
+            return kind.model_validate_json(entry.value or b""), entry.revision or 0
+        except ValidationError as exc:
+            log.error("alert index %s: unreadable record, starting it afresh: %s", key, exc)
+            return None, entry.revision or 0
 
     async def _save(self, slot: Slot) -> None:
         async with slot.lock:  # one write per record at a time: revisions follow each other
             for _ in range(CONFLICT_RETRIES):
                 changes = slot.changes
-                if slot.record is None or changes == slot.saved_changes:
+                if not slot.due(self._refresh_after):
                     return
-                data = slot.record.model_dump_json().encode()
+                data = _fitting(slot)
                 try:
                     slot.revision = await self._kv.update(slot.key, data, last=slot.revision)
                     slot.saved_changes = changes  # later changes wait for the lock: written next
+                    slot.saved_at = asyncio.get_running_loop().time()
                     return
                 except KeyWrongLastSequenceError:
                     await self._merge_theirs(slot)
             raise KeyWrongLastSequenceError(description="record changed under every retry")
 
     async def _merge_theirs(self, slot: Slot) -> None:
-        """Another replica wrote this record: fold theirs into ours, then write on top."""
-        entry = await self._kv.get(slot.key)
-        assert slot.record is not None and entry.value is not None and entry.revision is not None
-        theirs = type(slot.record).model_validate_json(entry.value)
+        """Another replica wrote this record (or it expired): fold theirs into ours, then
+        write on top of their revision."""
+        assert slot.record is not None
+        theirs, slot.revision = await self._get(slot.key, type(slot.record))
+        if theirs is None:
+            return  # gone from KV: ours is all there is
         merged = _merge(slot.record, theirs)
         for name in type(merged).model_fields:  # in place: requests hold this object
             setattr(slot.record, name, getattr(merged, name))
-        slot.revision = entry.revision
         log.info("alert index %s: merged a concurrent write", slot.key)
+
+
+def _fitting(slot: Slot) -> bytes:
+    """The record as JSON, small enough for one NATS message: a group of thousands of alerts
+    first forgets those that ended; if it is still too big, what it could not keep is lost
+    to dedup beyond JetStream's window, which beats refusing the group forever."""
+    assert slot.record is not None
+    data = slot.record.model_dump_json().encode()
+    if len(data) <= MAX_RECORD_BYTES or not isinstance(slot.record, GroupMemory):
+        return data
+    group = slot.record
+    group.alerts = {aid: m for aid, m in group.alerts.items() if m.ends_at is None}
+    data = group.model_dump_json().encode()
+    while len(data) > MAX_RECORD_BYTES:
+        keep = len(group.alerts) * MAX_RECORD_BYTES // len(data) * 9 // 10
+        oldest_first = sorted(group.alerts.items(), key=lambda item: item[1].starts_at)
+        group.alerts = dict(oldest_first[len(oldest_first) - keep :])
+        data = group.model_dump_json().encode()
+    log.warning("alert index %s: group record cut to %d alerts to fit in a NATS message",
+                slot.key, len(group.alerts))  # fmt: skip
+    return data
 
 
 def _merge(ours: BaseModel, theirs: BaseModel) -> BaseModel:

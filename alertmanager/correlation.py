@@ -14,6 +14,8 @@ service (`ServiceMemory`); `alertmanager.alert_index` keeps both in JetStream KV
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -76,14 +78,17 @@ class Plan:
     duplicates: int
     group: GroupMemory
     services: dict[str, ServiceMemory]
-    # (alert id, status) of each event, to mark stored after JetStream acked it.
-    marks: list[tuple[str, Status]] = field(default_factory=list)
+    # (event id, alert id, status) of each event, to mark stored once JetStream acked it.
+    marks: list[tuple[uuid.UUID, str, Status]] = field(default_factory=list)
 
-    def mark_stored(self) -> None:
-        for aid, status in self.marks:
-            stored = self.group.alerts[aid].stored
-            if status not in stored:
-                stored.append(status)
+    def mark_stored(self, acked: Container[uuid.UUID] | None = None) -> None:
+        """Every event stored, or only those `acked` (the rest of a failed publish)."""
+        for event_id, aid, status in self.marks:
+            memory = self.group.alerts.get(aid)  # a concurrent request may have forgotten it
+            if memory is None or (acked is not None and event_id not in acked):
+                continue
+            if status not in memory.stored:
+                memory.stored.append(status)
 
 
 def correlate(
@@ -98,9 +103,14 @@ def correlate(
     stored: `Plan.mark_stored` does that once JetStream acked the events).
     """
     plan = Plan(events=[], duplicates=0, group=group, services=services)
-    for alert in sorted(payload.alerts, key=lambda a: (a.starts_at, a.fingerprint)):
-        aid = alert_id(alert)
+    alerts = sorted(payload.alerts, key=lambda a: (a.starts_at, a.fingerprint))
+    ids = [alert_id(a) for a in alerts]
+    if alerts and payload.truncated_alerts == 0:
+        _absent_ended(group, set(ids), payload)
+    for alert, aid in zip(alerts, ids, strict=True):
         memory = group.alerts.get(aid)
+        if memory is not None and alert.status == "firing" and "resolved" not in memory.stored:
+            memory.ends_at = None  # firing (again): it had only dropped out of a notification
         if memory is not None and alert.status in memory.stored:
             plan.duplicates += 1
             continue
@@ -114,10 +124,22 @@ def correlate(
             memory.ends_at = alert.ends_at or alert.starts_at
         if group.incident_id is None:
             group.incident_id = memory.incident_id
-        plan.events.append(alert_to_event(alert, payload, memory.incident_id))
-        plan.marks.append((aid, alert.status))
+        event = alert_to_event(alert, payload, memory.incident_id)
+        plan.events.append(event)
+        plan.marks.append((event.id, aid, alert.status))
     _forget_old(group)
     return plan
+
+
+def _absent_ended(group: GroupMemory, present: set[str], payload: WebhookPayload) -> None:
+    """A notification lists every alert of its group (unless truncated by `max_alerts`), so
+    an alert missing from it no longer fires there: resolved while Vigil was not told
+    (`send_resolved: false`, a notification given up), silenced or inhibited. Without this,
+    a lost resolution would keep the group's incident current forever."""
+    seen_at = max(a.ends_at or a.starts_at for a in payload.alerts)
+    for aid, memory in group.alerts.items():
+        if memory.ends_at is None and aid not in present:
+            memory.ends_at = max(seen_at, memory.starts_at)
 
 
 def _incident_for(
@@ -156,15 +178,13 @@ def _within(earlier: datetime | None, at: datetime, window: timedelta) -> bool:
 
 
 def _forget_old(group: GroupMemory) -> None:
-    """Resolved alerts long over leave the record, so a busy group's record stays small."""
+    """Alerts long over leave the record, so a busy group's record stays small."""
     ends = [a.ends_at for a in group.alerts.values() if a.ends_at is not None]
     if not ends:
         return
     horizon = max(ends) - FORGET_RESOLVED_AFTER
     for aid in [
-        aid
-        for aid, a in group.alerts.items()
-        if "resolved" in a.stored and a.ends_at is not None and a.ends_at < horizon
+        a for a, m in group.alerts.items() if m.ends_at is not None and m.ends_at < horizon
     ]:
         del group.alerts[aid]
 

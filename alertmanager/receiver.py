@@ -9,6 +9,7 @@ make the rest duplicates (JetStream's within its window, the alert index's beyon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -97,24 +98,34 @@ async def receive(
     # plans after this one and sees its assignments.
     assert group.record is not None
     known = {name: slot.record for name, slot in service_slots.items() if slot.record}
+    before = dict(known)  # correlate updates `known` in place
     plan = correlate(payload, group.record, known, window)
+    changed = [group] if plan.events else []
     for name, memory in plan.services.items():
-        service_slots[name].record = memory
+        if memory is not before.get(name):  # correlate replaces a service record it moves on
+            service_slots[name].record = memory
+            changed.append(service_slots[name])
+    for slot in changed:
+        slot.changed()
     acks = []
     if plan.events:
         try:
             acks = await publisher.publish_many(plan.events)
         except PublishError as exc:
+            # Remember the events that did get stored: a retry after JetStream's window
+            # must not store them again.
+            plan.mark_stored(acked=exc.acked.keys())
+            with contextlib.suppress(NatsError, TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await index.save(group, *service_slots.values())
             raise _unavailable(payload, "events not stored", exc) from None
     plan.mark_stored()
-    if plan.events:
-        for slot in (group, *service_slots.values()):
-            slot.changed()
     try:
         async with asyncio.timeout(timeout):
             await index.save(group, *service_slots.values())
     except (NatsError, TimeoutError) as exc:
-        # The events are stored; the retry finds them duplicates and records them then.
+        # The events are stored, and the record stays due: the retry finds them stored
+        # (JetStream's duplicates within its window) and writes the record then.
         raise _unavailable(payload, "alert index not written", exc) from None
     late = sum(1 for a in acks if a.duplicate)  # JetStream knew them: a concurrent copy
     return Accepted(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from alertmanager.receiver import Accepted, Refused, check_token, read_bounded, receive
 
@@ -25,7 +26,10 @@ async def alertmanager_webhook(
     metrics: WebhookMetrics = state.webhook_metrics
     try:
         check_token(authorization, config.token)
-        body = await read_bounded(request.stream(), config.max_bytes)
+        try:
+            body = await read_bounded(request.stream(), config.max_bytes)
+        except ClientDisconnect:
+            raise Refused(400, "the client went away before the body was read") from None
         accepted = await receive(
             body,
             state.publisher,

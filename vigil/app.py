@@ -174,7 +174,9 @@ async def run_api(
                 timeout=settings.webhook_timeout_seconds,
             ),
         )
-        await serve_http(app, sock, stop, on_ready=on_ready, grace=settings.webhook_timeout_seconds)
+        # A request may wait out the timeout three times (index, publish, index) before 503.
+        grace = 3 * settings.webhook_timeout_seconds
+        await serve_http(app, sock, stop, on_ready=on_ready, grace=grace)
 
 
 async def run_detector_role(
@@ -208,7 +210,7 @@ async def serve_http(
         lifespan="off",
         access_log=False,
         log_level="warning",
-        timeout_graceful_shutdown=grace + 1,
+        timeout_graceful_shutdown=grace + 1,  # then uvicorn cancels what is still running
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -218,6 +220,8 @@ async def serve_http(
     server.should_exit = True  # finish requests in flight, then close
     stopping.cancel()
     await serving
+    if not stop.is_set():
+        raise RuntimeError("the HTTP server stopped on its own; see the log above")
 
 
 class _Server(uvicorn.Server):

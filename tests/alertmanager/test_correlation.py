@@ -119,6 +119,26 @@ def test_a_quiet_group_opens_a_new_incident_after_the_window() -> None:
     assert len(vigil.incidents()) == 2
 
 
+def test_an_alert_missing_from_its_group_no_longer_keeps_the_incident_current() -> None:
+    """Its resolution was never sent (send_resolved: false, or given up): the next complete
+    notification of the group, which lists every alert still in it, says it is gone."""
+    vigil = Vigil()
+    vigil.receive(notification("g", alert("Down", "x")))
+    later = alert("Down", "y", at=timedelta(hours=3))
+    vigil.receive(notification("g", later))  # x is not in the group any more
+    assert len(vigil.incidents()) == 2
+    vigil.receive(notification("g", later, alert("Down", "z", at=timedelta(hours=5))))
+    assert len(vigil.incidents()) == 2  # y still fires: z joins its incident
+
+
+def test_a_truncated_notification_says_nothing_about_missing_alerts() -> None:
+    vigil = Vigil()
+    vigil.receive(notification("g", alert("Down", "x")))
+    truncated = notification("g", alert("Down", "y", at=timedelta(hours=3)))
+    vigil.receive(truncated.model_copy(update={"truncated_alerts": 1}))
+    assert len(vigil.incidents()) == 1  # x may still fire: y joins its incident
+
+
 def test_an_alert_storm_opens_one_incident_per_service() -> None:
     """400 alerts in 8 groups (group_by: [alertname, service]), notified as Alertmanager does:
     each notification of a group carries every alert of the group so far."""

@@ -171,3 +171,17 @@ async def test_a_group_keeps_its_incident_across_notifications_and_a_restart(
     assert answer.json() == {"alerts": 2, "stored": 1, "duplicates": 1}
     events = await stream_events(js)
     assert len(events) == 2 and events[0].incident_id == events[1].incident_id
+
+
+async def test_one_service_joins_one_incident_across_groups_and_a_restart(
+    js: JetStreamContext,
+) -> None:
+    firing = PAYLOAD["alerts"][0]  # service "checkout"
+    other = {**firing, "fingerprint": "0ther", "labels": {**firing["labels"], "alertname": "5xx"}}
+    async with api(js) as c:
+        await c.post(URL, json={**PAYLOAD, "alerts": [firing]}, headers=AUTH)
+    async with api(js) as c:  # restarted: the service's record comes back from KV
+        await c.post(URL, json={**PAYLOAD, "groupKey": "{}:{alertname=5xx}", "alerts": [other]},
+                     headers=AUTH)  # fmt: skip
+    first, second = await stream_events(js)
+    assert first.incident_id == second.incident_id
