@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import copy
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
@@ -17,7 +20,7 @@ from alertmanager.alert_index import AlertIndex
 from api.app import WebhookConfig, create_app
 from eventlog.publisher import EventPublisher
 from eventlog.stream import EVENTS_STREAM, ensure_streams
-from tests.alertmanager.test_alert_events import PAYLOAD
+from tests.alertmanager.test_alert_events import PAYLOAD, json_values
 from tests.eventlog.stream_reading import stream_events
 from vigil.broker import EmbeddedNats
 
@@ -185,3 +188,19 @@ async def test_one_service_joins_one_incident_across_groups_and_a_restart(
                      headers=AUTH)  # fmt: skip
     first, second = await stream_events(js)
     assert first.incident_id == second.incident_id
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=json_values
+    | st.dictionaries(st.text(), json_values, max_size=6).map(lambda d: {**PAYLOAD, **d})
+)
+async def test_arbitrary_json_is_never_a_500(client: httpx.AsyncClient, body: Any) -> None:
+    """Whatever JSON arrives, the answer is 2xx (it was a payload) or a 4xx naming why."""
+    answer = await client.post(
+        URL, content=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), headers=AUTH
+    )
+    assert answer.status_code in (200, 413, 422), answer.text
+    assert answer.status_code == 200 or answer.json()["detail"]
