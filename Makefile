@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.eventlog
+	$(BIN)/python -m bench.webhook
 
 clean:
 	rm -rf $(VENV) .vigil .pytest_cache .ruff_cache
