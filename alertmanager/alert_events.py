@@ -19,21 +19,23 @@ def alert_key(alert: WebhookAlert) -> str:
     return f"{alert.fingerprint}|{alert.starts_at.timestamp():.6f}"
 
 
-def alert_id(alert: WebhookAlert) -> str:
+def alert_id(alert: WebhookAlert, key: str | None = None) -> str:
     """`alert_key` short enough to be a key in records and ids."""
-    return hashlib.sha256(alert_key(alert).encode()).hexdigest()[:24]
+    return hashlib.sha256((key or alert_key(alert)).encode()).hexdigest()[:24]
 
 
-def incident_id_for(alert: WebhookAlert) -> str:
+def incident_id_for(alert: WebhookAlert, aid: str | None = None) -> str:
     """The incident an alert opens when nothing correlates it with another."""
-    return "am-" + alert_id(alert)
+    return "am-" + (aid or alert_id(alert))
 
 
-def event_id_for(alert: WebhookAlert) -> uuid.UUID:
-    return uuid.uuid5(EVENT_NAMESPACE, f"{alert_key(alert)}|{alert.status}")
+def event_id_for(alert: WebhookAlert, key: str | None = None) -> uuid.UUID:
+    return uuid.uuid5(EVENT_NAMESPACE, f"{key or alert_key(alert)}|{alert.status}")
 
 
-def alert_to_event(alert: WebhookAlert, payload: WebhookPayload, incident_id: str) -> Event:
+def alert_to_event(
+    alert: WebhookAlert, payload: WebhookPayload, incident_id: str, event_id: uuid.UUID
+) -> Event:
     """AnomalyDetected for a firing alert, AnomalyResolved for a resolved one."""
     data: AnomalyDetected | AnomalyResolved
     if alert.status == "firing":
@@ -63,5 +65,5 @@ def alert_to_event(alert: WebhookAlert, payload: WebhookPayload, incident_id: st
         at = ends_at
     # occurred_at comes from the alert too, so a re-sent alert is the same event byte for byte.
     return new_event(
-        data, incident_id=incident_id, source=SOURCE, event_id=event_id_for(alert), occurred_at=at
+        data, incident_id=incident_id, source=SOURCE, event_id=event_id, occurred_at=at
     )

@@ -20,9 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
-from alertmanager.alert_events import alert_id, alert_to_event, incident_id_for
+from alertmanager.alert_events import (
+    alert_id,
+    alert_key,
+    alert_to_event,
+    event_id_for,
+    incident_id_for,
+)
 from alertmanager.payload import WebhookAlert, WebhookPayload
 from eventlog.envelope import Event
 
@@ -36,7 +42,7 @@ class AlertMemory(BaseModel):
     """One firing of one alert: its incident and which of its events are stored."""
 
     incident_id: str
-    stored: list[Status] = []
+    stored: list[Status] = Field(default_factory=list)
     starts_at: AwareDatetime
     ends_at: AwareDatetime | None = None
 
@@ -46,7 +52,7 @@ class GroupMemory(BaseModel):
 
     incident_id: str | None = None
     last_fired_at: AwareDatetime | None = None
-    alerts: dict[str, AlertMemory] = {}
+    alerts: dict[str, AlertMemory] = Field(default_factory=dict)
 
     def firing(self) -> bool:
         """Some alert of the group has not been seen resolved (webhooks send resolved alerts
@@ -104,10 +110,11 @@ def correlate(
     """
     plan = Plan(events=[], duplicates=0, group=group, services=services)
     alerts = sorted(payload.alerts, key=lambda a: (a.starts_at, a.fingerprint))
-    ids = [alert_id(a) for a in alerts]
+    keys = [alert_key(a) for a in alerts]
+    ids = [alert_id(a, key) for a, key in zip(alerts, keys, strict=True)]
     if alerts and payload.truncated_alerts == 0:
         _absent_ended(group, set(ids), payload)
-    for alert, aid in zip(alerts, ids, strict=True):
+    for alert, key, aid in zip(alerts, keys, ids, strict=True):
         memory = group.alerts.get(aid)
         if memory is not None and alert.status == "firing" and "resolved" not in memory.stored:
             memory.ends_at = None  # firing (again): it had only dropped out of a notification
@@ -115,7 +122,7 @@ def correlate(
             plan.duplicates += 1
             continue
         if memory is None:
-            incident = _incident_for(alert, group, services, window)
+            incident = _incident_for(alert, aid, group, services, window)
             memory = AlertMemory(incident_id=incident, starts_at=alert.starts_at)
             group.alerts[aid] = memory
         if alert.status == "firing":
@@ -124,7 +131,7 @@ def correlate(
             memory.ends_at = alert.ends_at or alert.starts_at
         if group.incident_id is None:
             group.incident_id = memory.incident_id
-        event = alert_to_event(alert, payload, memory.incident_id)
+        event = alert_to_event(alert, payload, memory.incident_id, event_id_for(alert, key))
         plan.events.append(event)
         plan.marks.append((event.id, aid, alert.status))
     _forget_old(group)
@@ -144,6 +151,7 @@ def _absent_ended(group: GroupMemory, present: set[str], payload: WebhookPayload
 
 def _incident_for(
     alert: WebhookAlert,
+    aid: str,
     group: GroupMemory,
     services: dict[str, ServiceMemory],
     window: timedelta,
@@ -156,20 +164,22 @@ def _incident_for(
     known = services.get(service) if service else None
     if known is not None and _within(known.last_fired_at, alert.starts_at, window):
         return known.incident_id
-    return incident_id_for(alert)
+    return incident_id_for(alert, aid)
 
 
 def _fired(
     alert: WebhookAlert, incident: str, group: GroupMemory, services: dict[str, ServiceMemory]
 ) -> None:
     """A firing alert makes its incident the current one of its group and of its service."""
-    if group.last_fired_at is None or alert.starts_at >= group.last_fired_at:
-        group.incident_id = incident
-        group.last_fired_at = alert.starts_at
+    if group.last_fired_at is None or alert.starts_at > group.last_fired_at:
+        group.incident_id, group.last_fired_at = incident, alert.starts_at
+    elif alert.starts_at == group.last_fired_at and group.incident_id != incident:
+        group.incident_id = incident  # (assignments are slow on a model: only when it changes)
     service = service_of(alert)
     if service:
         known = services.get(service)
-        if known is None or alert.starts_at >= known.last_fired_at:
+        if known is None or (alert.starts_at, incident) > (known.last_fired_at, known.incident_id):
+            # A new record, not an update: the receiver writes the records that were replaced.
             services[service] = ServiceMemory(incident_id=incident, last_fired_at=alert.starts_at)
 
 

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from alertmanager.alert_index import AlertIndex
 from alertmanager.metrics import WebhookMetrics
 from alertmanager.receiver import DEFAULT_MAX_BYTES, DEFAULT_WINDOW
-from api.webhooks import router as webhooks
+from api.webhooks import add_webhook_routes
 from eventlog.publisher import EventPublisher
 
 
@@ -36,7 +36,7 @@ def create_app(
     app.state.alert_index = index
     app.state.webhook = webhook
     app.state.webhook_metrics = WebhookMetrics(registry)
-    app.include_router(webhooks)
+    add_webhook_routes(app)
     add_metrics(app, registry)
     return app
 
