@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -26,7 +28,7 @@ from eventlog.publisher import EventPublisher
 from eventlog.sql_service import serve_sql, sql_subject
 from eventlog.store import ProjectionStore
 from eventlog.stream import connect, ensure_streams
-from vigil.broker import EmbeddedNats
+from vigil.broker import EmbeddedNats, die_with_parent
 from vigil.runtime import clear_runtime, write_runtime
 from vigil.settings import Settings
 
@@ -102,8 +104,10 @@ async def run_projector(
     stop: asyncio.Event,
     *,
     on_ready: Callable[[Projector], None],
+    owner: int | None = None,
 ) -> None:
-    """The projector and the SQL service that answers for its file."""
+    """The projector and the SQL service that answers for its file; `owner` is the pid of the
+    `vigil up` this runs for, as its child."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with bus(settings, url, "vigil-projector") as nc:
         store = ProjectionStore(settings.db_path)
@@ -116,15 +120,83 @@ async def run_projector(
                 timeout=settings.sql_timeout_seconds,
                 max_rows=settings.sql_max_rows,
             )
-            write_runtime(settings.data_dir, nats_url=url, sql_subject=sql_subject(store.db_id))
+            subject = sql_subject(store.db_id)
+            write_runtime(settings.data_dir, nats_url=url, sql_subject=subject, pid=owner)
             on_ready(projector)
             try:
                 await projector.run(stop)
             finally:
-                clear_runtime(settings.data_dir)
+                clear_runtime(settings.data_dir, owner)
                 await service.stop()
         finally:
             store.close()
+
+
+class RoleFailed(Exception):
+    """A role of `vigil up` stopped on its own; the message says which and how."""
+
+
+# Set by `vigil up` for its projector child: the pid holding the data dir's lock.
+HELD_BY_ENV = "_VIGIL_DATA_DIR_HELD_BY"
+PROJECTOR_READY = "projecting"
+
+
+async def run_projector_process(
+    settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
+) -> None:
+    """The projector as a child process (`vigil projector`), so its folds and DuckDB writes do
+    not share the HTTP API's GIL: the webhook takes 1.4 to 1.7 times the load it would beside
+    them in one process (docs/benchmarks.md). It dies with us (PR_SET_PDEATHSIG)."""
+    env = {**os.environ, "VIGIL_NATS_URL": url, "VIGIL_DATA_DIR": str(settings.data_dir)}
+    env[HELD_BY_ENV] = str(os.getpid())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vigil", "projector",
+        env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, preexec_fn=die_with_parent,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    said: list[str] = []  # its stderr: kept until it is ready (for our one-line error), then ours
+    relay = asyncio.create_task(_relay(proc.stderr, said))
+    try:
+        while (line := await proc.stdout.readline()) and PROJECTOR_READY not in line.decode():
+            pass
+        if not line:
+            rc = await proc.wait()
+            await relay
+            why = said[-1].removeprefix("vigil: ") if said else f"exit code {rc}"
+            raise RoleFailed(f"the projector did not start: {why}")
+        said.clear()
+        said.append("")  # from now on, lines go straight to our stderr
+        on_ready()
+        exited = asyncio.create_task(proc.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if exited.done() and not stop.is_set():
+            if exited.result() == 0:  # asked to stop by a signal to the whole process group
+                stop.set()
+                return
+            raise RoleFailed(f"the projector process exited with code {exited.result()}")
+    finally:
+        relay.cancel()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def _relay(stream: asyncio.StreamReader, said: list[str]) -> None:
+    """A child's stderr: collected in `said` until `said` starts with "", then passed on."""
+    while raw := await stream.readline():
+        line = raw.decode(errors="replace").rstrip("\n")
+        if said and said[0] == "":
+            sys.stderr.write(line + "\n")
+        else:
+            said.append(line)
 
 
 class HttpPortBusy(Exception):

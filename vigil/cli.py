@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import logging
+import os
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
@@ -29,7 +31,10 @@ from eventlog.sql_service import request_sql
 from eventlog.store import open_database
 from eventlog.stream import BusUnreachable, connect
 from vigil.app import (
+    HELD_BY_ENV,
+    PROJECTOR_READY,
     HttpPortBusy,
+    RoleFailed,
     bind_http,
     broker,
     bus,
@@ -37,6 +42,7 @@ from vigil.app import (
     run_api,
     run_detector_role,
     run_projector,
+    run_projector_process,
     run_roles,
     serve_http,
     stop_on_signals,
@@ -114,7 +120,7 @@ def up() -> None:
                 console.print("vigil is up")
 
             roles = [
-                run_projector(cfg, url, stop, on_ready=lambda _: ready("projector")),
+                run_projector_process(cfg, url, stop, on_ready=lambda: ready("projector")),
                 run_api(cfg, url, sock, stop, on_ready=lambda: ready("api")),
             ]
             if rules:
@@ -140,13 +146,17 @@ def projector() -> None:
         raise CliError("VIGIL_NATS_URL is required: the projector joins an existing NATS")
     usable_dir(cfg.data_dir)
 
+    owner = int(os.environ.get(HELD_BY_ENV, "0")) or None  # run by `vigil up` as its child
+
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
         assert cfg.nats_url
-        await run_projector(cfg, cfg.nats_url, stop, on_ready=lambda _: console.print("projecting"))
+        await run_projector(
+            cfg, cfg.nats_url, stop, on_ready=lambda _: console.print(PROJECTOR_READY), owner=owner
+        )
 
-    with holding(cfg.data_dir):
+    with contextlib.nullcontext() if owner else holding(cfg.data_dir):
         run(main())
 
 
@@ -342,6 +352,14 @@ def main() -> None:
     tune_gc()
     try:
         app()
-    except (CliError, SqlError, BrokerError, BusUnreachable, DataDirBusy, HttpPortBusy) as exc:
+    except (
+        CliError,
+        SqlError,
+        BrokerError,
+        BusUnreachable,
+        DataDirBusy,
+        HttpPortBusy,
+        RoleFailed,
+    ) as exc:
         err.print(f"vigil: {exc}", markup=False, highlight=False)
         raise SystemExit(2) from None

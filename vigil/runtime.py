@@ -19,10 +19,16 @@ class Runtime(BaseModel):
     started_at: datetime
 
 
-def write_runtime(data_dir: Path, *, nats_url: str, sql_subject: str) -> Path:
+def write_runtime(
+    data_dir: Path, *, nats_url: str, sql_subject: str, pid: int | None = None
+) -> Path:
+    """`pid` is the Vigil that holds the data dir (`vigil up`, whose child may write this)."""
     path = data_dir / RUNTIME_FILE
     runtime = Runtime(
-        pid=os.getpid(), nats_url=nats_url, sql_subject=sql_subject, started_at=datetime.now(UTC)
+        pid=pid or os.getpid(),
+        nats_url=nats_url,
+        sql_subject=sql_subject,
+        started_at=datetime.now(UTC),
     )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(runtime.model_dump_json(indent=2))
@@ -38,8 +44,8 @@ def read_runtime(data_dir: Path) -> Runtime | None:
         return None
 
 
-def clear_runtime(data_dir: Path) -> None:
+def clear_runtime(data_dir: Path, pid: int | None = None) -> None:
     runtime = read_runtime(data_dir)
-    if runtime is not None and runtime.pid == os.getpid():
+    if runtime is not None and runtime.pid == (pid or os.getpid()):
         with contextlib.suppress(FileNotFoundError):
             (data_dir / RUNTIME_FILE).unlink()

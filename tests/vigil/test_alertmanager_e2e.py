@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
-from vigil_cli_support import EventWatch, StartUp, run_vigil, vigil_env, wait_projected
+from vigil_cli_support import (
+    EventWatch,
+    StartUp,
+    run_vigil,
+    vigil_env,
+    wait_projected,
+    watch_events,
+)
 
 from eventlog.stream import EVENTS_STREAM, connect
 from tests.alertmanager.alertmanager_server import AlertmanagerServer, am_alert
@@ -43,8 +50,7 @@ async def pipeline(vigil_up: StartUp, tmp_path: Path) -> AsyncIterator[Pipeline]
     up = await vigil_up(data, webhook_token=TOKEN)
     runtime = await up.up()
     nc = await connect(runtime.nats_url, name="vigil-test-watch")
-    watch = EventWatch()
-    await nc.subscribe("vigil.evt.>", cb=watch.on_message)
+    watch = await watch_events(nc)
     am = AlertmanagerServer(tmp_path / "alertmanager", up.http_url(), TOKEN)
     am.start()
     try:

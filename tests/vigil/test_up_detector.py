@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vigil_cli_support import EventWatch, StartUp
+from vigil_cli_support import StartUp, watch_events
 
 from eventlog.payloads import AnomalyDetected
 from eventlog.stream import connect
@@ -40,10 +40,11 @@ async def test_up_detects_what_prometheus_shows_now(vigil_up: StartUp, tmp_path:
         runtime = await up.up()
         assert any(line.startswith("Rules  1 from") for line in up.lines), up.lines
         nc = await connect(runtime.nats_url, name="vigil-test-watch")
-        watch = EventWatch()
-        await nc.subscribe("vigil.evt.>", cb=watch.on_message)
+        watch = await watch_events(nc)
         try:
-            await watch.until(lambda e: bool(watch.of_type("AnomalyDetected")), "a detection")
+            await watch.until(
+                lambda e: bool(watch.of_type("AnomalyDetected")), f"a detection ({up.stderr})"
+            )
         finally:
             await nc.close()
         (detected,) = watch.of_type("AnomalyDetected")

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from eventlog.envelope import Event, parse_event
@@ -212,9 +213,18 @@ class VigilUp:
         """The nats-server child of this `vigil up`, watched (and killed at teardown)."""
         found = [c for c in children(self.pid) if c.comm == "nats-server"]
         assert len(found) == 1, f"expected one nats-server child, found {found}"
-        watched = Watched(found[0])
         # the one configured in our data dir, not some other nats-server
         assert any(str(self.data_dir.resolve()) in arg for arg in cmdline(found[0].pid))
+        return self._watch(found[0])
+
+    def projector(self) -> Watched:
+        """The `vigil projector` child of this `vigil up`, watched (and killed at teardown)."""
+        found = [c for c in children(self.pid) if cmdline(c.pid)[-3:-1] == ["vigil", "projector"]]
+        assert len(found) == 1, f"expected one projector child, found {found}"
+        return self._watch(found[0])
+
+    def _watch(self, child: ProcInfo) -> Watched:
+        watched = Watched(child)
         self.watched.append(watched)
         return watched
 
@@ -303,9 +313,15 @@ async def wait_projected(runtime: Runtime, seq: int, timeout: float = DEADLINE) 
         await nc.close()
 
 
+async def watch_events(nc: NATS) -> EventWatch:
+    """Every event in the stream, from the first (an ordered consumer), as it is appended."""
+    watch = EventWatch()
+    await nc.jetstream().subscribe("vigil.evt.>", cb=watch.on_message, ordered_consumer=True)
+    return watch
+
+
 class EventWatch:
-    """Every event appended while the watch is open (a core subscription to the stream's
-    subjects), and a way to await a condition on them."""
+    """Every event of the stream, and a way to await a condition on them."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
