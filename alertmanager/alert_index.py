@@ -206,4 +206,4 @@ def _merge(ours: BaseModel, theirs: BaseModel) -> BaseModel:
     if isinstance(ours, GroupMemory) and isinstance(theirs, GroupMemory):
         return merge_groups(ours, theirs)
     assert isinstance(ours, ServiceMemory) and isinstance(theirs, ServiceMemory)
-    return ours if ours.last_fired_at >= theirs.last_fired_at else theirs
+    return max(ours, theirs, key=lambda m: (m.last_fired_at, m.incident_id))

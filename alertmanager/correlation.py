@@ -171,16 +171,21 @@ def _fired(
     alert: WebhookAlert, incident: str, group: GroupMemory, services: dict[str, ServiceMemory]
 ) -> None:
     """A firing alert makes its incident the current one of its group and of its service."""
-    if group.last_fired_at is None or alert.starts_at > group.last_fired_at:
+    if group.last_fired_at is None or _newer(alert.starts_at, incident, group):
         group.incident_id, group.last_fired_at = incident, alert.starts_at
-    elif alert.starts_at == group.last_fired_at and group.incident_id != incident:
-        group.incident_id = incident  # (assignments are slow on a model: only when it changes)
     service = service_of(alert)
     if service:
         known = services.get(service)
-        if known is None or (alert.starts_at, incident) > (known.last_fired_at, known.incident_id):
+        if known is None or _newer(alert.starts_at, incident, known):
             # A new record, not an update: the receiver writes the records that were replaced.
             services[service] = ServiceMemory(incident_id=incident, last_fired_at=alert.starts_at)
+
+
+def _newer(at: datetime, incident: str, current: GroupMemory | ServiceMemory) -> bool:
+    """The newest firing is current; on a tie, the larger incident id, so every replica and
+    every order of arrival agrees (`merge_groups` and the index's merge use the same rule)."""
+    assert current.last_fired_at is not None
+    return (at, incident) > (current.last_fired_at, current.incident_id or "")
 
 
 def _within(earlier: datetime | None, at: datetime, window: timedelta) -> bool:
@@ -212,8 +217,10 @@ def merge_groups(ours: GroupMemory, theirs: GroupMemory) -> GroupMemory:
         else:
             known.stored = sorted(set(known.stored) | set(mine.stored))  # type: ignore[arg-type]
             known.ends_at = known.ends_at or mine.ends_at
-    if ours.last_fired_at is not None and (
-        merged.last_fired_at is None or ours.last_fired_at > merged.last_fired_at
+    if (
+        ours.last_fired_at is not None
+        and ours.incident_id is not None
+        and (merged.last_fired_at is None or _newer(ours.last_fired_at, ours.incident_id, merged))
     ):
         merged.incident_id, merged.last_fired_at = ours.incident_id, ours.last_fired_at
     merged.incident_id = merged.incident_id or ours.incident_id

@@ -145,8 +145,8 @@ async def run_projector_process(
     settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
 ) -> None:
     """The projector as a child process (`vigil projector`), so its folds and DuckDB writes do
-    not share the HTTP API's GIL: the webhook takes 1.4 to 1.7 times the load it would beside
-    them in one process (docs/benchmarks.md). It dies with us (PR_SET_PDEATHSIG)."""
+    not share the HTTP API's GIL: the webhook takes 1.6 times the load it would beside them
+    in one process (docs/benchmarks.md). It dies with us (PR_SET_PDEATHSIG)."""
     env = {**os.environ, "VIGIL_NATS_URL": url, "VIGIL_DATA_DIR": str(settings.data_dir)}
     env[HELD_BY_ENV] = str(os.getpid())
     proc = await asyncio.create_subprocess_exec(
@@ -154,49 +154,79 @@ async def run_projector_process(
         env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, preexec_fn=die_with_parent,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    said: list[str] = []  # its stderr: kept until it is ready (for our one-line error), then ours
-    relay = asyncio.create_task(_relay(proc.stderr, said))
+    child = _ChildOutput(proc)
+    exited = asyncio.create_task(proc.wait())
+    stopping = asyncio.create_task(stop.wait())
     try:
-        while (line := await proc.stdout.readline()) and PROJECTOR_READY not in line.decode():
-            pass
-        if not line:
-            rc = await proc.wait()
-            await relay
-            why = said[-1].removeprefix("vigil: ") if said else f"exit code {rc}"
-            raise RoleFailed(f"the projector did not start: {why}")
-        said.clear()
-        said.append("")  # from now on, lines go straight to our stderr
+        await asyncio.wait({child.ready, exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            return
+        if not child.ready.done():
+            await child.drained()
+            raise RoleFailed(f"the projector did not start: {child.last_words(exited.result())}")
+        child.pass_through()  # its warnings from before it was ready too
         on_ready()
-        exited = asyncio.create_task(proc.wait())
-        stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if exited.done() and not stop.is_set():
-            if exited.result() == 0:  # asked to stop by a signal to the whole process group
-                stop.set()
-                return
-            raise RoleFailed(f"the projector process exited with code {exited.result()}")
+        if not stop.is_set():
+            await child.drained()
+            raise RoleFailed(f"the projector process exited: {child.last_words(exited.result())}")
     finally:
-        relay.cancel()
+        stopping.cancel()
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 30)
             except TimeoutError:
+                log.error("the projector did not stop within 30 s of SIGTERM: killed")
                 proc.kill()
                 await proc.wait()
+        await child.drained()
+        if stop.is_set() and proc.returncode not in (0, -signal.SIGTERM):  # a stop gone wrong
+            log.warning("the projector ended with code %s", proc.returncode)
 
 
-async def _relay(stream: asyncio.StreamReader, said: list[str]) -> None:
-    """A child's stderr: collected in `said` until `said` starts with "", then passed on."""
-    while raw := await stream.readline():
-        line = raw.decode(errors="replace").rstrip("\n")
-        if said and said[0] == "":
+class _ChildOutput:
+    """A child's stdout (read to the end: it says when it is ready) and stderr (kept until it
+    is ready, for a one-line error if it never is; then passed on to ours)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._said: list[str] = []
+        self._passing = False
+        self._pumps = [
+            asyncio.create_task(self._out(proc.stdout)),
+            asyncio.create_task(self._err(proc.stderr)),
+        ]
+
+    async def _out(self, stream: asyncio.StreamReader) -> None:
+        while raw := await stream.readline():
+            if PROJECTOR_READY in raw.decode(errors="replace") and not self.ready.done():
+                self.ready.set_result(None)
+
+    async def _err(self, stream: asyncio.StreamReader) -> None:
+        while raw := await stream.readline():
+            line = raw.decode(errors="replace").rstrip("\n")
+            if self._passing:
+                sys.stderr.write(line + "\n")
+            else:
+                self._said.append(line)
+
+    def pass_through(self) -> None:
+        self._passing = True
+        for line in self._said:
             sys.stderr.write(line + "\n")
-        else:
-            said.append(line)
+        self._said.clear()
+
+    def last_words(self, code: int) -> str:
+        said = [line for line in self._said if line.strip()]
+        return said[-1].removeprefix("vigil: ") if said else f"exit code {code}"
+
+    async def drained(self) -> None:
+        """Everything the child wrote has been read (its pipes close when it exits)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._pumps), 5)
 
 
 class HttpPortBusy(Exception):
@@ -293,7 +323,7 @@ async def serve_http(
     stopping.cancel()
     await serving
     if not stop.is_set():
-        raise RuntimeError("the HTTP server stopped on its own; see the log above")
+        raise RoleFailed("the HTTP server stopped on its own; see the log above")
 
 
 class _Server(uvicorn.Server):

@@ -36,10 +36,12 @@ def nats_server_binary() -> str:
     return found
 
 
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: not in a freshly forked child
+
+
 def die_with_parent() -> None:
     """For preexec_fn: the child gets SIGTERM when we die, even by kill -9 (no orphans)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass

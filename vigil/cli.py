@@ -92,7 +92,7 @@ def usable_dir(
 
 @app.command()
 def up() -> None:
-    """Run every role in one process (with an embedded nats-server unless VIGIL_NATS_URL)."""
+    """Run every role (API, detector, projector child); embedded NATS unless VIGIL_NATS_URL."""
     cfg = settings()
     usable_dir(cfg.data_dir)
     rules = detector_rules(cfg) if cfg.prometheus_url else None
@@ -147,6 +147,8 @@ def projector() -> None:
     usable_dir(cfg.data_dir)
 
     owner = int(os.environ.get(HELD_BY_ENV, "0")) or None  # run by `vigil up` as its child
+    if owner is not None and owner != os.getppid():  # a leaked variable, or the parent died
+        raise CliError(f"{HELD_BY_ENV}={owner} but that is not this process's parent: unset it")
 
     async def main() -> None:
         stop = asyncio.Event()

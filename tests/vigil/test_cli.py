@@ -473,3 +473,16 @@ async def test_demo(tmp_path: Path) -> None:
         "sql", "SELECT status FROM incidents", "-f", "json", env=env, cwd=tmp_path
     )
     assert json.loads(done.out) == [{"status": "resolved"}]
+
+
+async def test_up_stops_with_one_line_when_its_projector_dies(
+    vigil_up: StartUp, tmp_path: Path
+) -> None:
+    up = await vigil_up(tmp_path / "data")
+    await up.up()
+    nats = up.nats_server()
+    up.projector().kill()
+    assert await up.exit_code() == 2
+    await nats.wait_exit(10)  # and it stopped everything else
+    errors = [line for line in up.stderr if line.startswith("vigil: ")]
+    assert errors == ["vigil: the projector process exited: exit code -9"], up.stderr

@@ -223,6 +223,9 @@ class VigilUp:
         assert len(found) == 1, f"expected one projector child, found {found}"
         return self._watch(found[0])
 
+    def _watching(self, child: ProcInfo) -> bool:
+        return any(w.info == child for w in self.watched)
+
     def _watch(self, child: ProcInfo) -> Watched:
         watched = Watched(child)
         self.watched.append(watched)
@@ -237,16 +240,22 @@ class VigilUp:
         except TimeoutError:
             raise AssertionError(f"vigil up did not exit within {timeout:g}s") from None
         self.lines.extend(rest.decode().splitlines())
+        if self._err_task is not None:  # stderr read to its end too
+            await asyncio.wait_for(asyncio.shield(self._err_task), timeout)
         assert self.proc.returncode is not None
         return self.proc.returncode
 
     async def stop(self) -> None:
-        """Teardown: SIGTERM, then SIGKILL; and any nats-server it left behind."""
+        """Teardown: SIGTERM, then SIGKILL; and any child (nats-server, projector) it left."""
         if self.proc.returncode is None:
+            for child in children(self.pid):
+                if not self._watching(child):
+                    with contextlib.suppress(ProcessLookupError):  # gone meanwhile
+                        self.watched.append(Watched(child))
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.proc.wait(), 10)
+                await asyncio.wait_for(self.proc.wait(), 40)  # it gives its projector 30 s
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
