@@ -16,9 +16,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
@@ -44,6 +51,11 @@ class Slot(Generic[R]):
     saved_changes: int = 0
     saved_at: float = -math.inf  # loop time of our last write: never, for a record read
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # What KV holds as far as we know (read or written by us): a write of other bytes seen
+    # on the bucket's subjects is another replica's, and makes this copy stale.
+    known_bytes: bytes = b""
+    writing: bytes = b""
+    stale: bool = False
 
     def changed(self) -> None:
         self.changes += 1
@@ -64,10 +76,19 @@ class AlertIndex:
         self._cache_size = cache_size
         self._slots: OrderedDict[str, Slot] = OrderedDict()
         self._loading: dict[str, asyncio.Future[Slot]] = {}
+        self._keys: set[str] | None = None  # every key in the bucket, when following it
+        # Set each time another replica wrote a record this process holds (cleared by waiters).
+        self.overwritten = asyncio.Event()
+        self._subject_prefix = f"$KV.{kv._name}."  # nats-py keeps it private
 
     @classmethod
     async def open(
-        cls, js: JetStreamContext, *, replicas: int = 1, ttl: float = DEFAULT_TTL_SECONDS
+        cls,
+        js: JetStreamContext,
+        *,
+        replicas: int = 1,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        follow: NATS | None = None,
     ) -> AlertIndex:
         """The bucket, created if missing (an existing one keeps its operator's settings)."""
         try:
@@ -83,7 +104,31 @@ class AlertIndex:
                     replicas=replicas,
                 )
             )
-        return cls(kv, ttl=ttl)
+        index = cls(kv, ttl=ttl)
+        if follow is not None:
+            await index._follow(follow)
+        return index
+
+    async def _follow(self, nc: NATS) -> None:
+        """Watch every write to the bucket (a core subscription: KV writes are messages on
+        `$KV.<bucket>.<key>`), then list its keys. A key never seen is then known to be new
+        without a read, and a record another replica wrote makes our copy stale."""
+        await nc.subscribe(self._subject_prefix + ">", cb=self._on_write)
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            keys = []
+        self._keys = set(keys)
+
+    async def _on_write(self, msg: Msg) -> None:
+        key = msg.subject[len(self._subject_prefix) :]
+        removed = bool(msg.headers) and msg.headers.get("KV-Operation") in ("DEL", "PURGE")
+        if self._keys is not None:
+            (self._keys.discard if removed else self._keys.add)(key)
+        slot = self._slots.get(key)
+        if slot is not None and (removed or msg.data not in (slot.known_bytes, slot.writing)):
+            slot.stale = True  # read again at its next use
+            self.overwritten.set()
 
     async def load(
         self, group_key: str, services: set[str]
@@ -91,7 +136,7 @@ class AlertIndex:
         names = sorted(services)
         keys = [memory_key("g", group_key), *(memory_key("s", s) for s in names)]
         cached = [self._slots.get(k) for k in keys]
-        if all(slot is not None for slot in cached):  # the usual case: no task, no await
+        if all(slot is not None and not slot.stale for slot in cached):  # the usual case
             for key in keys:
                 self._slots.move_to_end(key)
             slots = cached
@@ -117,7 +162,7 @@ class AlertIndex:
 
     async def _slot(self, key: str, kind: type[R]) -> Slot[R]:
         slot = self._slots.get(key)
-        if slot is not None:
+        if slot is not None and not slot.stale:
             self._slots.move_to_end(key)
             return slot
         loading = self._loading.get(key)
@@ -132,12 +177,15 @@ class AlertIndex:
         return slot
 
     async def _read(self, key: str, kind: type[R]) -> Slot[R]:
-        record, revision = await self._get(key, kind)
+        if self._keys is not None and key not in self._keys:
+            record, revision, raw = None, 0, b""  # new: no round trip to learn that
+        else:
+            record, revision, raw = await self._get(key, kind)
         if record is None and kind is GroupMemory:
             record = GroupMemory()  # type: ignore[assignment]  # a group always has one
-        return Slot(key, record, revision)
+        return Slot(key, record, revision, known_bytes=raw)
 
-    async def _get(self, key: str, kind: type[R]) -> tuple[R | None, int]:
+    async def _get(self, key: str, kind: type[R]) -> tuple[R | None, int, bytes]:
         """The record and its revision; none (at the revision a write must name) when the
         key is missing, deleted, expired, or holds what this version cannot read."""
         try:
@@ -145,12 +193,13 @@ class AlertIndex:
         except KeyNotFoundError as exc:
             # A deleted key has a tombstone: its revision is what the next write must name.
             entry = getattr(exc, "entry", None)
-            return None, (entry.revision or 0) if entry is not None else 0
+            return None, (entry.revision or 0) if entry is not None else 0, b""
+        raw = entry.value or b""
         try:
-            return kind.model_validate_json(entry.value or b""), entry.revision or 0
+            return kind.model_validate_json(raw), entry.revision or 0, raw
         except ValidationError as exc:
             log.error("alert index %s: unreadable record, starting it afresh: %s", key, exc)
-            return None, entry.revision or 0
+            return None, entry.revision or 0, raw
 
     async def _save(self, slot: Slot) -> None:
         async with slot.lock:  # one write per record at a time: revisions follow each other
@@ -159,10 +208,12 @@ class AlertIndex:
                 if not slot.due(self._refresh_after):
                     return
                 data = _fitting(slot)
+                slot.writing = data  # its echo on the bucket's subject is ours, not a replica's
                 try:
                     slot.revision = await self._kv.update(slot.key, data, last=slot.revision)
                     slot.saved_changes = changes  # later changes wait for the lock: written next
                     slot.saved_at = asyncio.get_running_loop().time()
+                    slot.known_bytes = data
                     return
                 except KeyWrongLastSequenceError:
                     await self._merge_theirs(slot)
@@ -172,7 +223,7 @@ class AlertIndex:
         """Another replica wrote this record (or it expired): fold theirs into ours, then
         write on top of their revision."""
         assert slot.record is not None
-        theirs, slot.revision = await self._get(slot.key, type(slot.record))
+        theirs, slot.revision, slot.known_bytes = await self._get(slot.key, type(slot.record))
         if theirs is None:
             return  # gone from KV: ours is all there is
         merged = _merge(slot.record, theirs)

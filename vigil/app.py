@@ -262,7 +262,10 @@ async def run_api(
     async with bus(settings, url, "vigil-api") as nc:
         js = nc.jetstream()
         index = await AlertIndex.open(
-            js, replicas=settings.stream_replicas, ttl=settings.alert_memory_days * 86400
+            js,
+            replicas=settings.stream_replicas,
+            ttl=settings.alert_memory_days * 86400,
+            follow=nc,
         )
         token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
         app = create_app(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from alertmanager.alert_index import ALERTS_BUCKET, MAX_RECORD_BYTES, AlertIndex
@@ -85,3 +87,25 @@ async def test_a_record_in_use_is_rewritten_before_kv_would_expire_it(js: JetStr
         written = slot.revision
         await index.save(slot)  # nothing changed
         assert (slot.revision != written) is rewrites
+
+
+async def test_following_replicas_see_each_others_writes_and_new_keys_cost_no_read(
+    js: JetStreamContext, nc: NATS
+) -> None:
+    a = await AlertIndex.open(js, follow=nc)
+    b = await AlertIndex.open(js, follow=nc)
+    slot_a, _ = await a.load(GROUP, set())  # not in the bucket: known without a read
+    assert slot_a.revision == 0 and slot_a.record is not None
+    remember(slot_a.record, "a1")
+    slot_a.changed()
+    await a.save(slot_a)
+    slot_b, _ = await b.load(GROUP, set())
+    assert slot_b.record is not None and set(slot_b.record.alerts) == {"a1"}
+    remember(slot_b.record, "b1")
+    slot_b.changed()
+    await b.save(slot_b)
+    await asyncio.wait_for(a.overwritten.wait(), 5)  # b's write, seen by a
+    assert slot_a.stale
+    assert not slot_b.stale  # its own write's echo is not news
+    again, _ = await a.load(GROUP, set())
+    assert again.record is not None and set(again.record.alerts) == {"a1", "b1"}
