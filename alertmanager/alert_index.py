@@ -156,10 +156,6 @@ class AlertIndex:
         elif changed:
             await asyncio.gather(*(self._save(slot) for slot in changed))
 
-    def forget(self) -> None:
-        """Drop the in-memory copies: the next load reads KV (what a restart does)."""
-        self._slots.clear()
-
     async def _slot(self, key: str, kind: type[R]) -> Slot[R]:
         slot = self._slots.get(key)
         if slot is not None and not slot.stale:

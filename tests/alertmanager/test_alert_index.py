@@ -80,7 +80,6 @@ async def test_a_record_in_use_is_rewritten_before_kv_would_expire_it(js: JetStr
     fresh = AlertIndex(kv)
     expiring = AlertIndex(kv, ttl=0.0)  # every write is already half its max age old
     for index, rewrites in ((fresh, False), (expiring, True)):
-        index.forget()
         slot, _ = await index.load(GROUP, set())
         slot.changed()
         await index.save(slot)
