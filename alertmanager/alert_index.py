@@ -2,9 +2,19 @@
 correlation hold across restarts, across Vigil replicas, and beyond the stream's duplicate
 window (Alertmanager re-sends a firing group every `repeat_interval`, 4h by default).
 
-Each record is read once and then served from memory: requests for one group share one
-object, so planning (synchronous) sees every earlier request's assignments. Writes are
-compare-and-set on the KV revision; when another replica wrote first, the records merge.
+The records are the place where concurrent notifications meet, so deciding and writing is
+optimistic concurrency on the KV revision:
+1. `hold` locks the records a notification touches (its group and its services, in key
+   order, so one process serialises requests that share one) and reads any record it does
+   not hold fresh;
+2. the caller decides (`correlate`), changing the records in memory;
+3. `commit` writes the changed service records, then the group record, each compare-and-set
+   on the revision it read. Only then are the events published, so every published event's
+   incident was written where every replica will read it. When another replica wrote first,
+   `Conflict` says so and every held record has been read again: decide again on them.
+
+One Slot per key lives in memory: requests for one group or service share it, and a record
+another replica wrote (seen on the bucket's subjects) is read again at its next use.
 """
 
 from __future__ import annotations
@@ -12,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
@@ -27,44 +39,64 @@ from nats.js.errors import (
     NoKeysError,
 )
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from alertmanager.correlation import GroupMemory, ServiceMemory, memory_key, merge_groups
+from alertmanager.correlation import GroupMemory, ServiceMemory, memory_key
 
 log = logging.getLogger(__name__)
 ALERTS_BUCKET = "VIGIL_ALERTS"
 DEFAULT_TTL_SECONDS = 30 * 24 * 3600.0
-CONFLICT_RETRIES = 5
 MAX_RECORD_BYTES = 900_000  # under NATS's default max_payload (1 MB) with headers to spare
+FLUSH_RETRIES = 5
 R = TypeVar("R", GroupMemory, ServiceMemory)
 
 
-@dataclass
+class Conflict(Exception):
+    """Another replica wrote a record first; the held records have been read again."""
+
+
+@dataclass(eq=False)
 class Slot(Generic[R]):
-    """One record as this process knows it: the value, the KV revision it was read or
-    written at, and how many changes it had then and has now (unchanged: not written)."""
+    """One record as this process knows it: the value and the KV revision it was read or
+    written at. Its lock is held from deciding to writing (and, for a group, to publishing)."""
 
     key: str
-    record: R | None
-    revision: int
-    changes: int = 0
-    saved_changes: int = 0
+    kind: type[R]
+    record: R | None = None
+    revision: int = 0
+    loaded: bool = False
+    stale: bool = False  # another replica wrote it, or our write's fate is unknown: read again
+    dirty: bool = False  # changed here since written
     saved_at: float = -math.inf  # loop time of our last write: never, for a record read
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # What KV holds as far as we know (read or written by us): a write of other bytes seen
-    # on the bucket's subjects is another replica's, and makes this copy stale.
-    known_bytes: bytes = b""
-    writing: bytes = b""
-    stale: bool = False
+    # Events stored since the record was last written (alert id, label): put back into the
+    # record whenever it is read again, so a conflict does not forget them.
+    marks: set[tuple[str, str]] = field(default_factory=set)
+    # hash() of the bytes of our latest writes: their echo on the bucket's subject is not news.
+    ours: deque[int] = field(default_factory=lambda: deque(maxlen=8))
+    flushing: asyncio.Task[None] | None = None
 
-    def changed(self) -> None:
-        self.changes += 1
 
-    def due(self, refresh_after: float) -> bool:
-        """Changed since written, or written so long ago that KV's max age nears (a record
-        in use is rewritten, so a Watchdog alert firing for months is still known)."""
-        stale = asyncio.get_running_loop().time() - self.saved_at > refresh_after
-        return self.record is not None and (self.changes != self.saved_changes or stale)
+@dataclass
+class Held:
+    """The records one notification works on, locked until `release` (services first)."""
+
+    group: Slot[GroupMemory]
+    services: dict[str, Slot[ServiceMemory]]
+    _locked: list[Slot[Any]] = field(default_factory=list)
+
+    def slots(self) -> list[Slot[Any]]:
+        return [*self.services.values(), self.group]
+
+    def release_services(self) -> None:
+        """Done deciding: other groups of these services may go on while this one publishes."""
+        for slot in [s for s in self._locked if s is not self.group]:
+            self._locked.remove(slot)
+            slot.lock.release()
+
+    def release(self) -> None:
+        while self._locked:
+            self._locked.pop().lock.release()
 
 
 class AlertIndex:
@@ -74,12 +106,10 @@ class AlertIndex:
         self._kv = kv
         self._refresh_after = ttl / 2
         self._cache_size = cache_size
-        self._slots: OrderedDict[str, Slot] = OrderedDict()
-        self._loading: dict[str, asyncio.Future[Slot]] = {}
+        self._slots: OrderedDict[str, Slot[Any]] = OrderedDict()
         self._keys: set[str] | None = None  # every key in the bucket, when following it
-        # Set each time another replica wrote a record this process holds (cleared by waiters).
-        self.overwritten = asyncio.Event()
         self._subject_prefix = f"$KV.{kv._name}."  # nats-py keeps it private
+        self._flushes: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -126,62 +156,132 @@ class AlertIndex:
         if self._keys is not None:
             (self._keys.discard if removed else self._keys.add)(key)
         slot = self._slots.get(key)
-        if slot is not None and (removed or msg.data not in (slot.known_bytes, slot.writing)):
+        if slot is not None and (removed or hash(msg.data) not in slot.ours):
             slot.stale = True  # read again at its next use
-            self.overwritten.set()
 
-    async def load(
-        self, group_key: str, services: set[str]
-    ) -> tuple[Slot[GroupMemory], dict[str, Slot[ServiceMemory]]]:
+    # -- deciding ---------------------------------------------------------------------------
+
+    async def hold(self, group_key: str, services: set[str]) -> Held:
+        """Lock and load the records of a group and its services (a record not in KV is
+        empty for a group, None for a service). Cancelled or failed: nothing stays locked."""
         names = sorted(services)
-        keys = [memory_key("g", group_key), *(memory_key("s", s) for s in names)]
-        cached = [self._slots.get(k) for k in keys]
-        if all(slot is not None and not slot.stale for slot in cached):  # the usual case
-            for key in keys:
-                self._slots.move_to_end(key)
-            slots = cached
-        else:
-            slots = await asyncio.gather(
-                self._slot(keys[0], GroupMemory),
-                *(self._slot(k, ServiceMemory) for k in keys[1:]),
-            )
-        return slots[0], dict(zip(names, slots[1:], strict=True))  # type: ignore[arg-type]
+        held = Held(
+            self._slot(memory_key("g", group_key), GroupMemory),
+            {name: self._slot(memory_key("s", name), ServiceMemory) for name in names},
+        )
+        try:
+            for slot in sorted(held.slots(), key=lambda s: s.key):  # one order: no deadlock
+                await slot.lock.acquire()
+                held._locked.append(slot)
+            stale = [s for s in held.slots() if s.stale or not s.loaded]
+            if stale:
+                await asyncio.gather(*(self._read(s) for s in stale))
+        except BaseException:
+            held.release()
+            raise
+        return held
 
-    async def save(self, *slots: Slot) -> None:
-        """Write each changed record; raises what NATS raised when one could not be (it
-        stays changed, so the next save writes it)."""
-        changed = [s for s in slots if s.due(self._refresh_after)]
-        if len(changed) == 1:
-            await self._save(changed[0])
-        elif changed:
-            await asyncio.gather(*(self._save(slot) for slot in changed))
+    async def commit(self, held: Held, services: list[Slot[ServiceMemory]], group: bool) -> None:
+        """Write the changed `services` records, then the group's when `group` changed (or
+        it is due for a refresh), each compare-and-set. Raises Conflict when another replica
+        wrote first (all held records are read again), what NATS raised otherwise (they will
+        be read again at their next use: a write that timed out may have landed)."""
+        try:
+            await _all(self._write(s) for s in services)
+            if group or self._due(held.group):
+                await self._write(held.group)
+        except KeyWrongLastSequenceError:
+            await asyncio.gather(*(self._read(s) for s in held.slots()))
+            raise Conflict from None
+        except BaseException:
+            for slot in held.slots():
+                slot.stale = True
+            raise
 
-    async def _slot(self, key: str, kind: type[R]) -> Slot[R]:
+    def flush_later(self, slot: Slot[Any]) -> None:
+        """Write the record soon (its events stored since, a refresh), without holding up
+        the answer: until then a retry re-publishes them, which JetStream and the projector
+        drop. One flush per record at a time; a failed one stays due for the next write."""
+        if slot.flushing is None and (slot.dirty or self._due(slot)):
+            slot.flushing = asyncio.create_task(self._flush(slot))
+            self._flushes.add(slot.flushing)
+            slot.flushing.add_done_callback(self._flushes.discard)
+
+    async def flush(self, slot: Slot[Any]) -> None:
+        """Write the record now if it changed or is due; conflicts are read again and retried."""
+        async with slot.lock:
+            for _ in range(FLUSH_RETRIES):
+                if slot.stale:
+                    await self._read(slot)
+                if not (slot.dirty or self._due(slot)):
+                    return
+                try:
+                    await self._write(slot)
+                    return
+                except KeyWrongLastSequenceError:
+                    slot.stale = True
+            raise KeyWrongLastSequenceError(description="record changed under every retry")
+
+    async def close(self) -> None:
+        """Wait for the flushes under way (at shutdown: what they write saves re-publishing)."""
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _slot(self, key: str, kind: type[R]) -> Slot[R]:
         slot = self._slots.get(key)
-        if slot is not None and not slot.stale:
+        if slot is None:
+            slot = self._slots[key] = Slot(key, kind)
+            self._evict()
+        else:
             self._slots.move_to_end(key)
-            return slot
-        loading = self._loading.get(key)
-        if loading is None:  # the first asker reads; concurrent askers share its answer
-            loading = asyncio.ensure_future(self._read(key, kind))
-            self._loading[key] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(key, None))
-        slot = await asyncio.shield(loading)
-        self._slots[key] = slot
-        while len(self._slots) > self._cache_size:
-            self._slots.popitem(last=False)
         return slot
 
-    async def _read(self, key: str, kind: type[R]) -> Slot[R]:
-        if self._keys is not None and key not in self._keys:
-            record, revision, raw = None, 0, b""  # new: no round trip to learn that
-        else:
-            record, revision, raw = await self._get(key, kind)
-        if record is None and kind is GroupMemory:
-            record = GroupMemory()  # type: ignore[assignment]  # a group always has one
-        return Slot(key, record, revision, known_bytes=raw)
+    def _evict(self) -> None:
+        """Forget the least recently used records no request holds and nothing waits to write."""
+        excess = len(self._slots) - self._cache_size
+        for key in list(self._slots)[: max(excess, 0) * 2]:
+            if excess <= 0:
+                break
+            slot = self._slots[key]
+            if not (slot.lock.locked() or slot.dirty or slot.marks or slot.flushing):
+                del self._slots[key]
+                excess -= 1
 
-    async def _get(self, key: str, kind: type[R]) -> tuple[R | None, int, bytes]:
+    async def _flush(self, slot: Slot[Any]) -> None:
+        try:
+            await self.flush(slot)
+        except (NatsError, TimeoutError, KeyWrongLastSequenceError) as exc:
+            log.warning("alert index %s: not written (%s); it is written with the next change",
+                        slot.key, type(exc).__name__)  # fmt: skip
+        finally:
+            slot.flushing = None
+
+    def _due(self, slot: Slot[Any]) -> bool:
+        """Written so long ago that KV's max age nears: a record in use is rewritten, so a
+        Watchdog alert firing for months is still known."""
+        loop_time = asyncio.get_running_loop().time()
+        return slot.record is not None and loop_time - slot.saved_at > self._refresh_after
+
+    async def _read(self, slot: Slot[Any]) -> None:
+        """The record as KV holds it (empty when missing, deleted, expired or unreadable),
+        with the events stored since its last write marked again."""
+        if self._keys is not None and slot.key not in self._keys and not slot.loaded:
+            record, revision = None, 0  # new: no round trip to learn that
+        else:
+            record, revision = await self._get(slot.key, slot.kind)
+        if record is None and slot.kind is GroupMemory:
+            record = GroupMemory()  # a group always has one
+        if isinstance(record, GroupMemory):
+            for aid, label in slot.marks:
+                memory = record.alerts.get(aid)
+                if memory is not None and label not in memory.stored:
+                    memory.stored.append(label)
+        slot.record, slot.revision = record, revision
+        slot.loaded, slot.stale, slot.dirty = True, False, bool(slot.marks)
+
+    async def _get(self, key: str, kind: type[R]) -> tuple[R | None, int]:
         """The record and its revision; none (at the revision a write must name) when the
         key is missing, deleted, expired, or holds what this version cannot read."""
         try:
@@ -189,46 +289,36 @@ class AlertIndex:
         except KeyNotFoundError as exc:
             # A deleted key has a tombstone: its revision is what the next write must name.
             entry = getattr(exc, "entry", None)
-            return None, (entry.revision or 0) if entry is not None else 0, b""
-        raw = entry.value or b""
+            return None, (entry.revision or 0) if entry is not None else 0
         try:
-            return kind.model_validate_json(raw), entry.revision or 0, raw
+            return kind.model_validate_json(entry.value or b""), entry.revision or 0
         except ValidationError as exc:
             log.error("alert index %s: unreadable record, starting it afresh: %s", key, exc)
-            return None, entry.revision or 0, raw
+            return None, entry.revision or 0
 
-    async def _save(self, slot: Slot) -> None:
-        async with slot.lock:  # one write per record at a time: revisions follow each other
-            for _ in range(CONFLICT_RETRIES):
-                changes = slot.changes
-                if not slot.due(self._refresh_after):
-                    return
-                data = _fitting(slot)
-                slot.writing = data  # its echo on the bucket's subject is ours, not a replica's
-                try:
-                    slot.revision = await self._kv.update(slot.key, data, last=slot.revision)
-                    slot.saved_changes = changes  # later changes wait for the lock: written next
-                    slot.saved_at = asyncio.get_running_loop().time()
-                    slot.known_bytes = data
-                    return
-                except KeyWrongLastSequenceError:
-                    await self._merge_theirs(slot)
-            raise KeyWrongLastSequenceError(description="record changed under every retry")
-
-    async def _merge_theirs(self, slot: Slot) -> None:
-        """Another replica wrote this record (or it expired): fold theirs into ours, then
-        write on top of their revision."""
-        assert slot.record is not None
-        theirs, slot.revision, slot.known_bytes = await self._get(slot.key, type(slot.record))
-        if theirs is None:
-            return  # gone from KV: ours is all there is
-        merged = _merge(slot.record, theirs)
-        for name in type(merged).model_fields:  # in place: requests hold this object
-            setattr(slot.record, name, getattr(merged, name))
-        log.info("alert index %s: merged a concurrent write", slot.key)
+    async def _write(self, slot: Slot[Any]) -> None:
+        """Compare-and-set on the revision held; the caller holds the slot's lock."""
+        data = _fitting(slot)
+        slot.ours.append(hash(data))  # its echo may come before the answer
+        slot.revision = await self._kv.update(slot.key, data, last=slot.revision)
+        slot.saved_at = asyncio.get_running_loop().time()
+        slot.dirty = False
+        slot.marks.clear()  # they are in what was written
 
 
-def _fitting(slot: Slot) -> bytes:
+async def _all(writes: Iterable[Awaitable[None]]) -> None:
+    """Every write to its end (none left running while the records are read again), then
+    the conflict if there was one, else the first error."""
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for error in errors:
+        if isinstance(error, KeyWrongLastSequenceError):
+            raise error
+    if errors:
+        raise errors[0]
+
+
+def _fitting(slot: Slot[Any]) -> bytes:
     """The record as JSON, small enough for one NATS message: a group of thousands of alerts
     first forgets those that ended; if it is still too big, what it could not keep is lost
     to dedup beyond JetStream's window, which beats refusing the group forever."""
@@ -247,10 +337,3 @@ def _fitting(slot: Slot) -> bytes:
     log.warning("alert index %s: group record cut to %d alerts to fit in a NATS message",
                 slot.key, len(group.alerts))  # fmt: skip
     return data
-
-
-def _merge(ours: BaseModel, theirs: BaseModel) -> BaseModel:
-    if isinstance(ours, GroupMemory) and isinstance(theirs, GroupMemory):
-        return merge_groups(ours, theirs)
-    assert isinstance(ours, ServiceMemory) and isinstance(theirs, ServiceMemory)
-    return max(ours, theirs, key=lambda m: (m.last_fired_at, m.incident_id))

@@ -7,6 +7,14 @@ new incident whose id is derived from the alert (so two Vigil replicas handling 
 notification open the same one). Windows are measured between alerts' `startsAt`, not the
 wall clock, so the answer does not depend on when the notification arrives.
 
+The read model must match what Alertmanager knows, whatever order notifications come in:
+- a firing copy of an alert already resolved (same fingerprint and `startsAt`) is stale;
+- a resolution finds the open firing of its fingerprint in its group even when its sender
+  rewrote `startsAt`, and a resolution of nothing Vigil saw fire stores nothing;
+- an alert missing from a complete notification of its group has left the firing state
+  there (silenced, inhibited, or its resolution lost): `AnomalyWithdrawn`; listed again, it
+  fires again (`AnomalyDetected` with `returned`).
+
 What was seen is remembered per group (`GroupMemory`, one record per `groupKey`) and per
 service (`ServiceMemory`); `alertmanager.alert_index` keeps both in JetStream KV.
 """
@@ -20,31 +28,49 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from alertmanager.alert_events import (
+    EVENT_BUDGET,
+    AlertTooLarge,
     alert_id,
     alert_key,
-    alert_to_event,
     event_id_for,
+    firing_event,
     incident_id_for,
+    resolved_event,
+    withdrawn_event,
 )
 from alertmanager.payload import WebhookAlert, WebhookPayload
 from eventlog.envelope import Event
 
-Status = Literal["firing", "resolved"]
 # A resolved alert is forgotten this long after it ended: Alertmanager stops sending it
 # much sooner (its alerts.gc-interval), so a late copy is still known as a duplicate.
 FORGET_RESOLVED_AFTER = timedelta(days=1)
+# A withdrawn alert may come back when its silence ends, which can be weeks: it is kept as
+# long as the record lives, so its return is told as a return, not lost as a duplicate.
+FORGET_WITHDRAWN_AFTER = timedelta(days=30)
 
 
 class AlertMemory(BaseModel):
-    """One firing of one alert: its incident and which of its events are stored."""
+    """One firing of one alert: its incident, its state, and which of its events are stored
+    (by label: firing, resolved, withdrawn.N, firing.N)."""
 
-    incident_id: str
-    stored: list[Status] = Field(default_factory=list)
+    incident_id: str | None  # None: seen only resolved, so no incident of Vigil's holds it
+    fingerprint: str | None = None  # None in records written before Vigil kept it
+    stored: list[str] = Field(default_factory=list)
     starts_at: AwareDatetime
-    ends_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None  # left the firing state: resolved or withdrawn
+    resolved: bool = False  # Alertmanager said so: a firing copy is stale from now on
+    withdrawals: int = 0  # times it dropped out of its group's notifications
+
+    @model_validator(mode="after")
+    def _resolved_if_stored(self) -> AlertMemory:
+        self.resolved = self.resolved or "resolved" in self.stored
+        return self
+
+    def firing_label(self) -> str:
+        return "firing" if self.withdrawals == 0 else f"firing.{self.withdrawals}"
 
 
 class GroupMemory(BaseModel):
@@ -55,8 +81,8 @@ class GroupMemory(BaseModel):
     alerts: dict[str, AlertMemory] = Field(default_factory=dict)
 
     def firing(self) -> bool:
-        """Some alert of the group has not been seen resolved (webhooks send resolved alerts
-        unless `send_resolved: false`, which Vigil needs left on)."""
+        """Some alert of the group has not left the firing state (webhooks send resolved
+        alerts unless `send_resolved: false`, which Vigil needs left on)."""
         return any(a.ends_at is None for a in self.alerts.values())
 
 
@@ -77,24 +103,60 @@ def service_of(alert: WebhookAlert) -> str | None:
 
 
 @dataclass
+class Refusal:
+    """An alert that cannot be stored as any event: `position` in the notification's list."""
+
+    position: int
+    fingerprint: str
+    reason: str
+
+
+@dataclass
 class Plan:
     """What one notification changes: events to store, and the memories once they are."""
 
-    events: list[Event]
-    duplicates: int
-    group: GroupMemory
     services: dict[str, ServiceMemory]
-    # (event id, alert id, status) of each event, to mark stored once JetStream acked it.
-    marks: list[tuple[uuid.UUID, str, Status]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    duplicates: int = 0  # alerts whose events are stored already (or listed twice)
+    stale: int = 0  # alerts older than what is known: nothing to store
+    refused: list[Refusal] = field(default_factory=list)
+    group_changed: bool = False
+    late: int = 0  # events JetStream already had when published: a concurrent copy's
+    # (event id, alert id, label) of each event, to mark stored once JetStream acked it.
+    marks: list[tuple[uuid.UUID, str, str]] = field(default_factory=list)
 
-    def mark_stored(self, acked: Container[uuid.UUID] | None = None) -> None:
-        """Every event stored, or only those `acked` (the rest of a failed publish)."""
-        for event_id, aid, status in self.marks:
-            memory = self.group.alerts.get(aid)  # a concurrent request may have forgotten it
+    def add(self, event: Event, aid: str, label: str) -> None:
+        if any(a == aid and lb == label for _, a, lb in self.marks):
+            return  # planned already (a withdrawal both absent and superseded)
+        self.events.append(event)
+        self.marks.append((event.id, aid, label))
+        self.group_changed = True
+
+    def mark_stored(
+        self, group: GroupMemory, acked: Container[uuid.UUID] | None = None
+    ) -> list[tuple[str, str]]:
+        """Record every event as stored in `group` (the record as it is now), or only those
+        `acked` (the rest of a failed publish); returns the (alert id, label) marked."""
+        marked = []
+        for event_id, aid, label in self.marks:
+            memory = group.alerts.get(aid)
             if memory is None or (acked is not None and event_id not in acked):
                 continue
-            if status not in memory.stored:
-                memory.stored.append(status)
+            if label not in memory.stored:
+                memory.stored.append(label)
+            marked.append((aid, label))
+        return marked
+
+
+@dataclass
+class _Context:
+    payload: WebhookPayload
+    group: GroupMemory
+    plan: Plan
+    window: timedelta
+    budget: int
+    now: datetime
+    series: dict[str, list[tuple[str, AlertMemory]]]  # the group's memories by fingerprint
 
 
 def correlate(
@@ -102,69 +164,186 @@ def correlate(
     group: GroupMemory,
     services: dict[str, ServiceMemory],
     window: timedelta,
+    *,
+    now: datetime,
+    budget: int = EVENT_BUDGET,
 ) -> Plan:
     """Assign each alert an incident and pick the events not stored yet.
 
     `group` and `services` are updated in place with the assignments (not with what is
-    stored: `Plan.mark_stored` does that once JetStream acked the events).
+    stored: `Plan.mark_stored` does that once JetStream acked the events). `now` is when the
+    notification arrived: the time of its withdrawals. An alert whose event cannot fit in
+    `budget` bytes even cut is refused (`Plan.refused`) and leaves no trace.
     """
-    plan = Plan(events=[], duplicates=0, group=group, services=services)
-    alerts = sorted(payload.alerts, key=lambda a: (a.starts_at, a.fingerprint))
-    keys = [alert_key(a) for a in alerts]
-    ids = [alert_id(a, key) for a, key in zip(alerts, keys, strict=True)]
-    if alerts and payload.truncated_alerts == 0:
-        _absent_ended(group, set(ids), payload)
-    for alert, key, aid in zip(alerts, keys, ids, strict=True):
-        memory = group.alerts.get(aid)
-        if memory is not None and alert.status == "firing" and "resolved" not in memory.stored:
-            memory.ends_at = None  # firing (again): it had only dropped out of a notification
-        if memory is not None and alert.status in memory.stored:
-            plan.duplicates += 1
-            continue
-        if memory is None:
-            incident = _incident_for(alert, aid, group, services, window)
-            memory = AlertMemory(incident_id=incident, starts_at=alert.starts_at)
-            group.alerts[aid] = memory
-        if alert.status == "firing":
-            _fired(alert, memory.incident_id, group, services)
-        else:
-            memory.ends_at = alert.ends_at or alert.starts_at
-        if group.incident_id is None:
-            group.incident_id = memory.incident_id
-        event = alert_to_event(alert, payload, memory.incident_id, event_id_for(alert, key))
-        plan.events.append(event)
-        plan.marks.append((event.id, aid, alert.status))
-    _forget_old(group)
-    return plan
-
-
-def _absent_ended(group: GroupMemory, present: set[str], payload: WebhookPayload) -> None:
-    """A notification lists every alert of its group (unless truncated by `max_alerts`), so
-    an alert missing from it no longer fires there: resolved while Vigil was not told
-    (`send_resolved: false`, a notification given up), silenced or inhibited. Without this,
-    a lost resolution would keep the group's incident current forever."""
-    seen_at = max(a.ends_at or a.starts_at for a in payload.alerts)
+    series: dict[str, list[tuple[str, AlertMemory]]] = {}
     for aid, memory in group.alerts.items():
-        if memory.ends_at is None and aid not in present:
-            memory.ends_at = max(seen_at, memory.starts_at)
+        series.setdefault(memory.fingerprint or "", []).append((aid, memory))
+    ctx = _Context(payload, group, Plan(services=services), window, budget, now, series)
+    order = sorted(
+        enumerate(payload.alerts),
+        key=lambda p: (p[1].starts_at, p[1].fingerprint, p[1].status == "resolved"),
+    )
+    targets = [(pos, alert, *_target(group, alert, series)) for pos, alert in order]
+    if payload.alerts and payload.truncated_alerts == 0:
+        _withdraw_absent(ctx, {aid for *_, aid, _, _ in targets})
+    listed: set[tuple[str, str]] = set()
+    for pos, alert, aid, key, memory in targets:
+        if (aid, alert.status) in listed:  # the same alert twice in one notification
+            ctx.plan.duplicates += 1
+            continue
+        listed.add((aid, alert.status))
+        try:
+            if alert.status == "firing":
+                _plan_firing(ctx, alert, aid, key, memory)
+            else:
+                _plan_resolution(ctx, alert, aid, key, memory)
+        except AlertTooLarge as exc:
+            ctx.plan.refused.append(Refusal(pos, alert.fingerprint, str(exc)))
+    if ctx.plan.group_changed:
+        _forget_old(group)
+    return ctx.plan
 
 
-def _incident_for(
-    alert: WebhookAlert,
-    aid: str,
-    group: GroupMemory,
-    services: dict[str, ServiceMemory],
-    window: timedelta,
-) -> str:
+def _target(
+    group: GroupMemory, alert: WebhookAlert, series: dict[str, list[tuple[str, AlertMemory]]]
+) -> tuple[str, str, AlertMemory | None]:
+    """The alert's id, key and memory. When its key is not known, the same series' memory it
+    is about: for a resolution, the open firing it ends (the latest that started before it
+    ended: its sender may have rewritten startsAt) or the one it already ended; for a
+    firing, a resolution that ended after it started (the copy is older than the resolution:
+    stale). `series`: the group's memories by fingerprint."""
+    key = alert_key(alert.fingerprint, alert.starts_at)
+    aid = alert_id(key)
+    memory = group.alerts.get(aid)
+    if memory is not None:
+        return aid, key, memory
+    known = series.get(alert.fingerprint, [])
+    if alert.status == "resolved":
+        ended = alert.ends_at or alert.starts_at
+        match = [
+            (m.starts_at, a, m)
+            for a, m in known
+            if m.starts_at <= ended and (not m.resolved or m.ends_at == ended)
+        ]  # open, or this very resolution
+    else:
+        match = [(m.starts_at, a, m) for a, m in known if m.resolved and m.ends_at is not None
+                 and m.ends_at >= alert.starts_at]  # fmt: skip
+    if not match:
+        return aid, key, None
+    starts_at, aid, memory = max(match, key=lambda f: (f[0], f[1]))
+    return aid, alert_key(alert.fingerprint, starts_at), memory
+
+
+def _plan_firing(
+    ctx: _Context, alert: WebhookAlert, aid: str, key: str, memory: AlertMemory | None
+) -> None:
+    if memory is not None and memory.resolved:
+        ctx.plan.stale += 1  # a copy older than the resolution already stored
+        return
+    label = "firing" if memory is None else memory.firing_label()
+    if memory is not None and memory.ends_at is None and label in memory.stored:
+        ctx.plan.duplicates += 1
+        return
+    incident = memory.incident_id if memory is not None else None
+    incident = incident or _incident_for(ctx, alert, aid)
+    event = firing_event(
+        alert, ctx.payload.group_key, incident, event_id_for(key, label),
+        returned=label != "firing", budget=ctx.budget,
+    )  # fmt: skip
+    # A series fires once at a time: an older firing of it still open has ended (its
+    # withdrawal goes first, so the read model ends up with this one firing).
+    for older_aid, older in ctx.series.get(alert.fingerprint, []):
+        if older.starts_at < alert.starts_at:
+            _withdraw(ctx, older_aid, older, alert.starts_at)
+    if memory is None:
+        memory = AlertMemory(
+            incident_id=incident, fingerprint=alert.fingerprint, starts_at=alert.starts_at
+        )
+        ctx.group.alerts[aid] = memory
+    memory.ends_at = None  # listed: it fires (again, after a withdrawal)
+    _fired(alert, incident, ctx.group, ctx.plan.services)
+    ctx.plan.add(event, aid, label)
+
+
+def _plan_resolution(
+    ctx: _Context, alert: WebhookAlert, aid: str, key: str, memory: AlertMemory | None
+) -> None:
+    if memory is None:  # a resolution alone never opens an incident, but it is remembered:
+        ctx.group.alerts[aid] = AlertMemory(  # a firing copy that comes after it is stale
+            incident_id=None, fingerprint=alert.fingerprint, starts_at=alert.starts_at,
+            ends_at=alert.ends_at or alert.starts_at, resolved=True,
+        )  # fmt: skip
+        ctx.plan.stale += 1
+        ctx.plan.group_changed = True
+        return
+    if "resolved" in memory.stored:
+        ctx.plan.duplicates += 1
+        return
+    if memory.incident_id is None:
+        ctx.plan.stale += 1
+        return
+    events = []
+    if "firing" not in memory.stored:  # its firing never reached the stream: tell it first
+        returned = firing_event(
+            alert, ctx.payload.group_key, memory.incident_id, event_id_for(key, "firing"),
+            starts_at=memory.starts_at, budget=ctx.budget,
+        )  # fmt: skip
+        events.append((returned, "firing"))
+    resolution = resolved_event(
+        alert, memory.starts_at, memory.incident_id, event_id_for(key, "resolved"),
+        budget=ctx.budget,
+    )  # fmt: skip
+    events.append((resolution, "resolved"))
+    memory.resolved = True
+    memory.ends_at = max(alert.ends_at or alert.starts_at, memory.starts_at)
+    for event, label in events:
+        ctx.plan.add(event, aid, label)
+
+
+def _withdraw_absent(ctx: _Context, present: set[str]) -> None:
+    """A notification lists every alert of its group (unless truncated by `max_alerts`), so
+    an alert missing from it no longer fires there: silenced, inhibited, or resolved while
+    Vigil was not told (`send_resolved: false`, a notification given up). Without this, a
+    lost resolution would keep the group's incident current, and the alert firing, forever."""
+    seen_at = max(a.ends_at or a.starts_at for a in ctx.payload.alerts)
+    for aid, memory in ctx.group.alerts.items():
+        if aid not in present:
+            _withdraw(ctx, aid, memory, seen_at)
+
+
+def _withdraw(ctx: _Context, aid: str, memory: AlertMemory, ended: datetime) -> None:
+    """The firing leaves the firing state without a resolution: AnomalyWithdrawn, once its
+    firing is stored (planned again until the withdrawal is stored too)."""
+    if memory.resolved or memory.incident_id is None or memory.fingerprint is None:
+        return
+    if memory.ends_at is None:
+        memory.ends_at = max(ended, memory.starts_at)
+        ctx.plan.group_changed = True
+        if memory.firing_label() not in memory.stored:
+            return  # its firing never reached the stream: nothing to take back
+        memory.withdrawals += 1
+    label = f"withdrawn.{memory.withdrawals}"
+    if memory.withdrawals == 0 or label in memory.stored:
+        return  # never withdrawn by an event, or that event is stored
+    key = alert_key(memory.fingerprint, memory.starts_at)
+    event = withdrawn_event(
+        memory.fingerprint, memory.starts_at, ctx.payload.group_key, memory.incident_id,
+        event_id_for(key, label), name=None, noticed_at=ctx.now,
+    )  # fmt: skip
+    ctx.plan.add(event, aid, label)
+
+
+def _incident_for(ctx: _Context, alert: WebhookAlert, aid: str) -> str:
+    group, window = ctx.group, ctx.window
     if group.incident_id is not None and (
         group.firing() or _within(group.last_fired_at, alert.starts_at, window)
     ):
         return group.incident_id
     service = service_of(alert)
-    known = services.get(service) if service else None
+    known = ctx.plan.services.get(service) if service else None
     if known is not None and _within(known.last_fired_at, alert.starts_at, window):
         return known.incident_id
-    return incident_id_for(alert, aid)
+    return incident_id_for(aid)
 
 
 def _fired(
@@ -182,8 +361,8 @@ def _fired(
 
 
 def _newer(at: datetime, incident: str, current: GroupMemory | ServiceMemory) -> bool:
-    """The newest firing is current; on a tie, the larger incident id, so every replica and
-    every order of arrival agrees (`merge_groups` and the index's merge use the same rule)."""
+    """The newest firing is current; on a tie, the larger incident id, so every order of
+    arrival agrees."""
     assert current.last_fired_at is not None
     return (at, incident) > (current.last_fired_at, current.incident_id or "")
 
@@ -197,31 +376,11 @@ def _forget_old(group: GroupMemory) -> None:
     ends = [a.ends_at for a in group.alerts.values() if a.ends_at is not None]
     if not ends:
         return
-    horizon = max(ends) - FORGET_RESOLVED_AFTER
+    latest = max(ends)
     for aid in [
-        a for a, m in group.alerts.items() if m.ends_at is not None and m.ends_at < horizon
+        a
+        for a, m in group.alerts.items()
+        if m.ends_at is not None
+        and m.ends_at < latest - (FORGET_RESOLVED_AFTER if m.resolved else FORGET_WITHDRAWN_AFTER)
     ]:
         del group.alerts[aid]
-
-
-def merge_groups(ours: GroupMemory, theirs: GroupMemory) -> GroupMemory:
-    """Two replicas wrote one group: keep every alert and the union of what is stored.
-
-    An alert both assigned keeps `theirs` (already written); the newest firing wins the group.
-    """
-    merged = theirs.model_copy(deep=True)
-    for aid, mine in ours.alerts.items():
-        known = merged.alerts.get(aid)
-        if known is None:
-            merged.alerts[aid] = mine
-        else:
-            known.stored = sorted(set(known.stored) | set(mine.stored))  # type: ignore[arg-type]
-            known.ends_at = known.ends_at or mine.ends_at
-    if (
-        ours.last_fired_at is not None
-        and ours.incident_id is not None
-        and (merged.last_fired_at is None or _newer(ours.last_fired_at, ours.incident_id, merged))
-    ):
-        merged.incident_id, merged.last_fired_at = ours.incident_id, ours.last_fired_at
-    merged.incident_id = merged.incident_id or ours.incident_id
-    return merged

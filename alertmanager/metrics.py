@@ -13,6 +13,6 @@ class WebhookMetrics:
         )  # fmt: skip
         self.alerts = Counter(
             "vigil_webhook_alerts",
-            "Alerts in accepted notifications: stored, or a duplicate of one stored before",
+            "Alert events stored; alerts stored before (duplicate) or older than known (stale)",
             ["outcome"], registry=registry,
         )  # fmt: skip

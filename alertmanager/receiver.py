@@ -9,38 +9,47 @@ make the rest duplicates (JetStream's within its window, the alert index's beyon
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ValidationError
 
-from alertmanager.alert_index import AlertIndex
-from alertmanager.correlation import correlate, service_of
+from alertmanager.alert_events import EVENT_BUDGET
+from alertmanager.alert_index import AlertIndex, Conflict, Held, Slot
+from alertmanager.correlation import GroupMemory, Plan, correlate, service_of
 from alertmanager.payload import WebhookPayload
 from eventlog.publisher import EventPublisher, PublishError
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_WINDOW = timedelta(minutes=15)
+DEFAULT_READ_TIMEOUT = 30.0
+CONFLICT_RETRIES = 5
 
 
 class Refused(Exception):
     """The request is not taken; `status` is the HTTP answer and the message says why."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, accepted: Accepted | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.accepted = accepted  # what was taken all the same (alerts refused one by one)
 
 
 class Accepted(BaseModel):
+    """The answer to a notification: `stored` events (its alerts' firings and resolutions,
+    and the withdrawals of alerts no longer listed), `duplicates` (alerts stored before, or
+    listed twice), `stale` (older than what is known: a firing copy of a resolved alert, a
+    resolution of nothing Vigil saw fire)."""
+
     alerts: int
     stored: int
     duplicates: int
+    stale: int = 0
 
 
 def check_token(authorization: str | None, token: str | None) -> None:
@@ -55,15 +64,25 @@ def check_token(authorization: str | None, token: str | None) -> None:
         raise Refused(401, "missing or wrong bearer token")
 
 
-async def read_bounded(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` (never read whole)."""
+async def read_bounded(
+    chunks: AsyncIterator[bytes], limit: int, timeout: float = DEFAULT_READ_TIMEOUT
+) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (never read whole), and with
+    408 when it has not all arrived within `timeout` seconds (a client that stalls)."""
     body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
-            raise Refused(
-                413, f"payload larger than {limit} bytes: lower max_alerts in alertmanager.yml"
-            )
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > limit:
+                    raise Refused(
+                        413,
+                        f"payload larger than {limit} bytes: lower max_alerts in alertmanager.yml",
+                    )
+    except TimeoutError:
+        raise Refused(
+            408, f"the body did not arrive within {timeout:g}s ({len(body)} bytes came)"
+        ) from None
     return bytes(body)
 
 
@@ -84,55 +103,99 @@ async def receive(
     *,
     window: timedelta = DEFAULT_WINDOW,
     timeout: float = 5.0,
+    budget: int = EVENT_BUDGET,
 ) -> Accepted:
-    """Validate, correlate, store the new events, remember them; Refused(503) when NATS
-    did not take all of it within `timeout` (per step)."""
+    """Validate, correlate, write the decision, store the new events, remember them.
+
+    Refused(503) when NATS did not take all of it within `timeout` (per step); Refused(422)
+    naming the alerts too large to store even cut, after the rest of the group was stored.
+    """
     payload = parse_payload(body)
     services = {s for a in payload.alerts if (s := service_of(a))}
     try:
         async with asyncio.timeout(timeout):
-            group, service_slots = await index.load(payload.group_key, services)
+            held = await index.hold(payload.group_key, services)
     except (NatsError, TimeoutError) as exc:
         raise _unavailable(payload, "alert index not readable", exc) from None
-    # No await from here to the publish: a concurrent request for the same group or service
-    # plans after this one and sees its assignments.
-    assert group.record is not None
-    known = {name: slot.record for name, slot in service_slots.items() if slot.record}
-    before = dict(known)  # correlate updates `known` in place
-    plan = correlate(payload, group.record, known, window)
-    changed = [group] if plan.events else []
-    for name, memory in plan.services.items():
-        if memory is not before.get(name):  # correlate replaces a service record it moves on
-            service_slots[name].record = memory
-            changed.append(service_slots[name])
-    for slot in changed:
-        slot.changed()
-    acks = []
-    if plan.events:
-        try:
-            acks = await publisher.publish_many(plan.events)
-        except PublishError as exc:
-            # Remember the events that did get stored: a retry after JetStream's window
-            # must not store them again.
-            plan.mark_stored(acked=exc.acked.keys())
-            with contextlib.suppress(NatsError, TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await index.save(group, *service_slots.values())
-            raise _unavailable(payload, "events not stored", exc) from None
-    plan.mark_stored()
     try:
-        async with asyncio.timeout(timeout):
-            await index.save(group, *service_slots.values())
-    except (NatsError, TimeoutError) as exc:
-        # The events are stored, and the record stays due: the retry finds them stored
-        # (JetStream's duplicates within its window) and writes the record then.
-        raise _unavailable(payload, "alert index not written", exc) from None
-    late = sum(1 for a in acks if a.duplicate)  # JetStream knew them: a concurrent copy
-    return Accepted(
+        plan = await _decide(payload, held, index, window, timeout, budget)
+        held.release_services()  # the group stays locked until its events are stored
+        await _store(payload, plan, held.group, publisher)
+    finally:
+        held.release()
+        index.flush_later(held.group)
+    late = plan.late  # JetStream knew them: a concurrent copy
+    accepted = Accepted(
         alerts=len(payload.alerts),
         stored=len(plan.events) - late,
         duplicates=plan.duplicates + late,
+        stale=plan.stale,
     )
+    if plan.refused:  # 4xx: Alertmanager does not retry what can never be stored
+        raise Refused(422, _refusal(payload, plan), accepted)
+    return accepted
+
+
+async def _decide(
+    payload: WebhookPayload,
+    held: Held,
+    index: AlertIndex,
+    window: timedelta,
+    timeout: float,
+    budget: int,
+) -> Plan:
+    """Correlate on the held records and write the decision before anything is published;
+    when another replica wrote first, decide again on what it wrote."""
+    now = datetime.now(UTC)
+    for _ in range(CONFLICT_RETRIES):
+        assert held.group.record is not None
+        known = {name: slot.record for name, slot in held.services.items() if slot.record}
+        before = dict(known)  # correlate replaces a service record it moves on
+        plan = correlate(payload, held.group.record, known, window, now=now, budget=budget)
+        changed = []
+        for name, memory in known.items():
+            if memory is not before.get(name):
+                held.services[name].record = memory
+                changed.append(held.services[name])
+        if not plan.group_changed:
+            return plan
+        try:
+            async with asyncio.timeout(timeout):
+                await index.commit(held, changed, group=True)
+            return plan
+        except Conflict:
+            continue
+        except (NatsError, TimeoutError) as exc:
+            raise _unavailable(payload, "alert index not written", exc) from None
+    raise _unavailable(payload, "alert index", Conflict("records changed under every retry"))
+
+
+async def _store(
+    payload: WebhookPayload, plan: Plan, group: Slot[GroupMemory], publisher: EventPublisher
+) -> None:
+    """Publish the plan's events; mark in the group what JetStream acknowledged."""
+    assert group.record is not None
+    try:
+        acks = await publisher.publish_many(plan.events) if plan.events else []
+    except PublishError as exc:
+        # Remember the events that did get stored: a retry after JetStream's window must not
+        # store them again.
+        group.marks.update(plan.mark_stored(group.record, acked=exc.acked.keys()))
+        group.dirty = True
+        raise _unavailable(payload, "events not stored", exc) from None
+    group.marks.update(plan.mark_stored(group.record))
+    group.dirty = group.dirty or bool(plan.marks)
+    plan.late = sum(1 for a in acks if a.duplicate)
+
+
+def _refusal(payload: WebhookPayload, plan: Plan) -> str:
+    """One line: which alerts were refused and why, and that the others were stored."""
+    named = "; ".join(
+        f"alerts.{r.position} (fingerprint {r.fingerprint}): {r.reason}" for r in plan.refused[:3]
+    )
+    more = f" (+{len(plan.refused) - 3} more)" if len(plan.refused) > 3 else ""
+    rest = len(payload.alerts) - len(plan.refused)
+    return f"{named}{more}; the other {rest} alerts were taken"
 
 
 def _unavailable(payload: WebhookPayload, what: str, exc: BaseException) -> Refused:

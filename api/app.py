@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import AlertIndex
 from alertmanager.metrics import WebhookMetrics
-from alertmanager.receiver import DEFAULT_MAX_BYTES, DEFAULT_WINDOW
+from alertmanager.receiver import DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_WINDOW
 from api.webhooks import add_webhook_routes
 from eventlog.publisher import EventPublisher
 
@@ -22,6 +23,8 @@ class WebhookConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     correlation_window: timedelta = DEFAULT_WINDOW
     timeout: float = 5.0
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # the whole body, seconds
+    event_budget: int = EVENT_BUDGET  # bytes one alert's event may take (NATS max_payload)
 
 
 def create_app(

@@ -20,6 +20,7 @@ from eventlog.payloads import (
     AnomalyDetected,
     AnomalyPredicted,
     AnomalyResolved,
+    AnomalyWithdrawn,
     ChangeRecorded,
     CompensationFailed,
     CompensationStarted,
@@ -119,12 +120,13 @@ def _apply_incident(s: dict[str, Any], event: Event, seq: int) -> None:
         s["title"] = s["title"] or data.name
         s["service"] = s["service"] or data.service
         s["severity"] = _worse(s["severity"], data.severity)
-        s["anomalies"] += 1
+        if not getattr(data, "returned", False):  # listed again after a silence: same anomaly
+            s["anomalies"] += 1
     if isinstance(data, AnomalyDetected) and data.fingerprint not in s["firing"]:
         s["firing"] = (*s["firing"], data.fingerprint)
         if s["status"] == "resolved":  # it fired again: the incident is open again
             s.update(status="open", resolved_at=None, resolution=None)
-    elif isinstance(data, AnomalyResolved):
+    elif isinstance(data, AnomalyResolved | AnomalyWithdrawn):
         s["firing"] = tuple(f for f in s["firing"] if f != data.fingerprint)
     elif isinstance(data, InvestigationStarted):
         _advance(s, "investigating")

@@ -98,7 +98,9 @@ CREATE OR REPLACE VIEW mttr_by_service AS
     FROM incidents WHERE resolved_at IS NOT NULL GROUP BY 1 ORDER BY mttr_seconds DESC;
 CREATE OR REPLACE VIEW noisiest_alerts AS
     SELECT data->>'name' AS alert, count(*) AS firings, count(DISTINCT incident_id) AS incidents
-    FROM events WHERE type = 'AnomalyDetected' GROUP BY 1 ORDER BY firings DESC;
+    FROM events
+    WHERE type = 'AnomalyDetected' AND coalesce(data->>'returned', 'false') = 'false'
+    GROUP BY 1 ORDER BY firings DESC;
 """
 
 READ_MODEL_TABLES = ("events", "incidents", "tool_calls", "saga_steps", "dead_letters")

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
+from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import AlertIndex
 from api.app import WebhookConfig, create_app
 from detector.poller import run_detector
@@ -34,6 +35,7 @@ from vigil.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MIN_EVENT_BUDGET = 16 * 1024
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -276,11 +278,28 @@ async def run_api(
                 max_bytes=settings.webhook_max_bytes,
                 correlation_window=timedelta(seconds=settings.correlation_window_seconds),
                 timeout=settings.webhook_timeout_seconds,
+                read_timeout=settings.webhook_read_timeout_seconds,
+                event_budget=event_budget(nc.max_payload),
             ),
         )
-        # A request may wait out the timeout three times (index, publish, index) before 503.
+        # A request may wait out the timeout three times (index, decision, publish) before 503.
         grace = 3 * settings.webhook_timeout_seconds
-        await serve_http(app, sock, stop, on_ready=on_ready, grace=grace)
+        try:
+            await serve_http(app, sock, stop, on_ready=on_ready, grace=grace)
+        finally:
+            await index.close()
+
+
+def event_budget(max_payload: int) -> int:
+    """Bytes one alert's event may take: Vigil's budget, or less on a NATS server whose
+    max_payload is smaller than its default 1 MB (headers and the envelope need room too)."""
+    budget = min(EVENT_BUDGET, max_payload - 8192)
+    if budget < MIN_EVENT_BUDGET:
+        raise RoleFailed(
+            f"the NATS server's max_payload is {max_payload} bytes; Vigil needs at least "
+            f"{MIN_EVENT_BUDGET + 8192} (NATS's default is 1048576)"
+        )
+    return budget
 
 
 async def run_detector_role(

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(
         default=5.0, gt=0, description="NATS slower than this: the webhook answers 503"
     )
+    webhook_read_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="a request body not all there by then: 408"
+    )
     correlation_window_seconds: float = Field(
         default=900.0, ge=0, description="alerts of one service this close join one incident"
     )

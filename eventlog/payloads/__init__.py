@@ -1,6 +1,11 @@
 """Every event payload, one frozen class per past-tense fact."""
 
-from eventlog.payloads.anomaly import AnomalyDetected, AnomalyPredicted, AnomalyResolved
+from eventlog.payloads.anomaly import (
+    AnomalyDetected,
+    AnomalyPredicted,
+    AnomalyResolved,
+    AnomalyWithdrawn,
+)
 from eventlog.payloads.base import Payload
 from eventlog.payloads.incident import (
     ChangeRecorded,
@@ -39,6 +44,7 @@ from eventlog.payloads.remediation import (
 PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     AnomalyDetected,
     AnomalyResolved,
+    AnomalyWithdrawn,
     AnomalyPredicted,
     InvestigationStarted,
     AgentStep,
@@ -72,6 +78,7 @@ __all__ = [
     "AnomalyDetected",
     "AnomalyPredicted",
     "AnomalyResolved",
+    "AnomalyWithdrawn",
     "ChangeRecorded",
     "CompensationFailed",
     "CompensationStarted",

@@ -8,6 +8,9 @@ from eventlog.payloads.base import Payload
 
 AnomalyOrigin = Literal["alertmanager", "detector"]
 Labels = dict[str, str]
+# Where a text was cut to keep an event under NATS's message size -> its length before (bytes).
+Truncated = dict[str, int]
+TRUNCATED = "texts cut to fit one NATS message: 'annotations.<name>' etc. -> bytes before"
 
 
 class AnomalyDetected(Payload):
@@ -24,6 +27,11 @@ class AnomalyDetected(Payload):
     value: float | None = None
     generator_url: str | None = None
     group_key: str | None = None
+    returned: bool = Field(
+        default=False,
+        description="the same firing listed again after AnomalyWithdrawn: not a new anomaly",
+    )
+    truncated: Truncated = Field(default_factory=dict, description=TRUNCATED)
 
 
 class AnomalyResolved(Payload):
@@ -36,6 +44,19 @@ class AnomalyResolved(Payload):
     ends_at: AwareDatetime
     labels: Labels = Field(default_factory=dict)
     value: float | None = None
+    truncated: Truncated = Field(default_factory=dict, description=TRUNCATED)
+
+
+class AnomalyWithdrawn(Payload):
+    """Alertmanager stopped listing a firing alert in its group's complete notifications:
+    silenced, inhibited, or resolved without Vigil being told. It no longer counts as firing;
+    if it is listed again, an AnomalyDetected with `returned` says so."""
+
+    origin: AnomalyOrigin
+    name: str | None = None
+    fingerprint: str = Field(min_length=1)
+    starts_at: AwareDatetime
+    group_key: str | None = None
 
 
 class AnomalyPredicted(Payload):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -12,9 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from alertmanager.alert_events import event_id_for, incident_id_for
-from alertmanager.correlation import GroupMemory, correlate
-from alertmanager.payload import WebhookPayload
+from alertmanager.alert_events import (
+    CUT_MARK,
+    EVENT_BUDGET,
+    alert_id,
+    alert_key,
+    event_id_for,
+    incident_id_for,
+)
+from alertmanager.correlation import GroupMemory, Plan, correlate
+from alertmanager.payload import WebhookAlert, WebhookPayload
 from eventlog.envelope import Event, parse_event
 from eventlog.payloads import AnomalyDetected, AnomalyResolved
 
@@ -52,13 +59,31 @@ PAYLOAD: dict[str, Any] = {
 }
 
 
-def events_of(payload: WebhookPayload) -> list[Event]:
-    """The events of a notification to a Vigil that has seen nothing before."""
-    return correlate(payload, GroupMemory(), {}, timedelta(minutes=15)).events
+NOW = datetime(2026, 11, 24, 13, 0, tzinfo=UTC)
+
+
+def plan_of(payload: WebhookPayload, group: GroupMemory | None = None, **kw: Any) -> Plan:
+    """The plan of a notification to a Vigil that has seen `group` (nothing, by default)."""
+    return correlate(payload, group or GroupMemory(), {}, timedelta(minutes=15), now=NOW, **kw)
+
+
+def events_of(payload: WebhookPayload, group: GroupMemory | None = None) -> list[Event]:
+    return plan_of(payload, group).events
+
+
+def seen_firing() -> GroupMemory:
+    """A group that has seen PAYLOAD's resolved alert firing (and stored it)."""
+    firing = copy.deepcopy(PAYLOAD)
+    firing["alerts"] = [a for a in firing["alerts"] if a["status"] == "resolved"]
+    for a in firing["alerts"]:
+        a["status"], a["endsAt"] = "firing", "0001-01-01T00:00:00Z"
+    group = GroupMemory()
+    plan_of(WebhookPayload.model_validate(firing), group).mark_stored(group)
+    return group
 
 
 def test_alerts_become_detected_and_resolved_events() -> None:
-    resolved, detected = events_of(WebhookPayload.model_validate(PAYLOAD))
+    resolved, detected = events_of(WebhookPayload.model_validate(PAYLOAD), seen_firing())
     assert isinstance(detected.data, AnomalyDetected)
     assert detected.data.service == "checkout" and detected.data.severity == "critical"
     assert detected.data.group_key == '{}:{alertname="HighLatency"}'
@@ -77,9 +102,15 @@ def test_go_zero_time_means_still_firing() -> None:
 
 def test_the_same_notification_again_is_the_same_events() -> None:
     """repeat_interval, a retry, or another Alertmanager replica: nothing new to store."""
-    first = events_of(WebhookPayload.model_validate(PAYLOAD))
-    again = events_of(WebhookPayload.model_validate(copy.deepcopy(PAYLOAD)))
+    first = events_of(WebhookPayload.model_validate(PAYLOAD), seen_firing())
+    again = events_of(WebhookPayload.model_validate(copy.deepcopy(PAYLOAD)), seen_firing())
+    assert len(first) == 2
     assert [e.to_json() for e in first] == [e.to_json() for e in again]
+
+
+def ids(alert: WebhookAlert) -> tuple[str, str]:
+    key = alert_key(alert.fingerprint, alert.starts_at)
+    return incident_id_for(alert_id(key)), str(event_id_for(key, alert.status))
 
 
 def test_ids_tell_firings_and_statuses_apart() -> None:
@@ -87,9 +118,9 @@ def test_ids_tell_firings_and_statuses_apart() -> None:
     alert = payload.alerts[0]
     later = alert.model_copy(update={"starts_at": alert.starts_at.replace(hour=15)})
     resolved = alert.model_copy(update={"status": "resolved"})
-    assert incident_id_for(later) != incident_id_for(alert)  # a new firing, a new incident
-    assert incident_id_for(resolved) == incident_id_for(alert)  # its resolution joins it
-    assert len({event_id_for(alert), event_id_for(later), event_id_for(resolved)}) == 3
+    assert ids(later)[0] != ids(alert)[0]  # a new firing, a new incident
+    assert ids(resolved)[0] == ids(alert)[0]  # its resolution joins it
+    assert len({ids(alert)[1], ids(later)[1], ids(resolved)[1]}) == 3
 
 
 def test_the_same_instant_written_differently_is_the_same_alert() -> None:
@@ -97,7 +128,33 @@ def test_the_same_instant_written_differently_is_the_same_alert() -> None:
     other["alerts"][0]["startsAt"] = "2026-11-24T12:08:45.828123Z"
     a = WebhookPayload.model_validate(PAYLOAD).alerts[0]
     b = WebhookPayload.model_validate(other).alerts[0]
-    assert incident_id_for(a) == incident_id_for(b) and event_id_for(a) == event_id_for(b)
+    assert ids(a) == ids(b)
+
+
+def test_an_oversized_annotation_is_cut_to_fit_and_the_event_says_so() -> None:
+    """A 1.2 MB annotation: the event must fit one NATS message (1 MB), or every retry fails."""
+    big = copy.deepcopy(PAYLOAD)
+    description = "x" * 1_200_000
+    big["alerts"][0]["annotations"]["description"] = description
+    (event,) = events_of(WebhookPayload.model_validate(big))
+    assert len(event.to_json()) <= EVENT_BUDGET
+    assert isinstance(event.data, AnomalyDetected)
+    assert event.data.truncated == {"annotations.description": 1_200_000}
+    kept = event.data.annotations["description"]
+    assert kept.endswith(CUT_MARK) and description.startswith(kept.removesuffix(CUT_MARK))
+    assert len(kept) > EVENT_BUDGET // 2  # cut by what it must lose, not to a stub
+    assert event.data.annotations["summary"] == "p99 over 2s"  # the rest as it came
+    assert parse_event(event.to_json()) == event
+
+
+def test_an_alert_too_large_even_cut_is_refused_and_the_rest_stored() -> None:
+    """Thousands of labels: cutting each text to its minimum is not enough."""
+    huge = copy.deepcopy(PAYLOAD)
+    huge["alerts"][0]["labels"] |= {f"l{i}": "v" * 300 for i in range(2000)}
+    plan = plan_of(WebhookPayload.model_validate(huge), seen_firing(), budget=64_000)
+    assert [(r.position, r.fingerprint) for r in plan.refused] == [(0, "1a30ba71cca2921f")]
+    assert "64000" in plan.refused[0].reason
+    assert [e.type for e in plan.events] == ["AnomalyResolved"]  # the other alert
 
 
 @pytest.mark.parametrize(

@@ -11,27 +11,30 @@ from hypothesis import strategies as st
 
 from alertmanager.correlation import (
     GroupMemory,
+    Plan,
     ServiceMemory,
     correlate,
-    merge_groups,
 )
 from alertmanager.payload import WebhookPayload
 from eventlog.envelope import Event
-from eventlog.payloads import AnomalyDetected
+from eventlog.payloads import AnomalyDetected, AnomalyResolved, AnomalyWithdrawn
+from eventlog.readmodels import fold_incident
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=15)
+DAY = timedelta(days=1)
 
 
 def alert(
     name: str, fp: str, *, at: timedelta = timedelta(0), resolved_at: timedelta | None = None,
-    **labels: str,
+    starts_at: timedelta | None = None, **labels: str,
 ) -> dict[str, Any]:  # fmt: skip
+    """`starts_at`: what the sender puts in startsAt, when it is not `at` (a rewriting one)."""
     return {
         "status": "firing" if resolved_at is None else "resolved",
         "labels": {"alertname": name, **labels},
         "annotations": {},
-        "startsAt": (T0 + at).isoformat(),
+        "startsAt": (T0 + (at if starts_at is None else starts_at)).isoformat(),
         "endsAt": "0001-01-01T00:00:00Z" if resolved_at is None else (T0 + resolved_at).isoformat(),
         "fingerprint": fp,
     }
@@ -57,12 +60,15 @@ class Vigil:
         self.groups: dict[str, GroupMemory] = {}
         self.services: dict[str, ServiceMemory] = {}
         self.stored: list[Event] = []
+        self.last: Plan | None = None
 
-    def receive(self, payload: WebhookPayload) -> list[Event]:
+    def receive(self, payload: WebhookPayload, *, store: bool = True) -> list[Event]:
+        """Correlate; `store`: JetStream acked every event (else: the publish failed)."""
         group = self.groups.setdefault(payload.group_key, GroupMemory())
-        plan = correlate(payload, group, self.services, WINDOW)
-        plan.mark_stored()
-        self.stored += plan.events
+        self.last = plan = correlate(payload, group, self.services, WINDOW, now=T0 + DAY)
+        if store:
+            plan.mark_stored(group)
+            self.stored += plan.events
         return plan.events
 
     def restart(self) -> None:
@@ -174,55 +180,140 @@ def test_records_survive_a_restart() -> None:
     assert resolved.incident_id == vigil.stored[0].incident_id
 
 
-def test_merging_two_replicas_records_keeps_both() -> None:
-    ours, theirs = Vigil(), Vigil()
-    ours.receive(notification("g", alert("Down", "x")))
-    theirs.receive(notification("g", alert("Down", "y", at=timedelta(minutes=1))))
-    merged = merge_groups(ours.groups["g"], theirs.groups["g"])
-    assert set(merged.alerts) == set(ours.groups["g"].alerts) | set(theirs.groups["g"].alerts)
-    assert merged.incident_id == theirs.groups["g"].incident_id  # the newest firing
+def firing_now(events: list[Event]) -> set[str]:
+    """Fingerprints the read model shows firing, folded by the projector's own fold."""
+    by_incident: dict[str, list[tuple[Event, int]]] = {}
+    for seq, e in enumerate(events, 1):
+        by_incident.setdefault(e.incident_id, []).append((e, seq))
+    rows = [fold_incident(None, evs) for evs in by_incident.values()]
+    return {fp for row in rows if row is not None for fp in row.firing}
 
 
-# A universe of alert firings; each notification re-sends any of them, firing or resolved.
-FIRINGS = [
-    ("Down", "fp-a", timedelta(0), "api"),
-    ("Down", "fp-b", timedelta(minutes=1), "api"),
-    ("Slow", "fp-c", timedelta(minutes=40), "db"),
-    ("Slow", "fp-a", timedelta(hours=3), "api"),  # fp-a fires again later
-]
-sends = st.lists(
-    st.tuples(
-        st.sampled_from(["g1", "g2"]),
-        st.lists(st.tuples(st.integers(0, len(FIRINGS) - 1), st.booleans()), max_size=4),
-    ),
-    max_size=12,
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(sends, st.integers(0, 12))
-def test_every_event_is_stored_once_and_an_alert_keeps_its_incident(
-    sends: list[tuple[str, list[tuple[int, bool]]]], restart_at: int
-) -> None:
+def test_a_late_firing_copy_of_a_resolved_alert_is_stale() -> None:
     vigil = Vigil()
-    sent: dict[str, set[tuple[int, bool]]] = {}
-    stored: dict[str, list[Event]] = {}
-    for step, (group, picks) in enumerate(sends):
+    vigil.receive(notification("g", alert("Down", "x", service="api")))
+    vigil.receive(notification("g", alert("Down", "x", resolved_at=timedelta(minutes=5))))
+    assert vigil.receive(notification("g", alert("Down", "x", service="api"))) == []
+    assert vigil.last is not None and vigil.last.stale == 1
+    assert firing_now(vigil.stored) == set()
+
+
+def test_a_resolution_first_then_its_firing_copy_stores_nothing() -> None:
+    """Out of order: the resolution of a firing Vigil never saw opens no incident, and the
+    firing copy that comes after it is stale too."""
+    vigil = Vigil()
+    for a in alert("Down", "x", resolved_at=DAY), alert("Down", "x", service="api"):
+        assert vigil.receive(notification("g", a)) == []
+        assert vigil.last is not None and vigil.last.stale == 1
+    assert vigil.incidents() == set()  # a resolution alone never opens an incident
+
+
+def test_a_resolution_with_a_rewritten_start_ends_the_firing_of_its_fingerprint() -> None:
+    """Fired at 10:00; the sender resolves it two hours later with startsAt = endsAt = 12:00."""
+    vigil = Vigil()
+    (fired,) = vigil.receive(notification("g", alert("Down", "x", service="api")))
+    two_hours = timedelta(hours=2)
+    (resolved,) = vigil.receive(
+        notification("g", alert("Down", "x", starts_at=two_hours, resolved_at=two_hours))
+    )
+    assert resolved.incident_id == fired.incident_id and len(vigil.incidents()) == 1
+    assert isinstance(resolved.data, AnomalyResolved)
+    assert resolved.data.starts_at == T0  # it names the firing it ends
+    assert firing_now(vigil.stored) == set()
+    # The same resolution with the right startsAt is the same event: a duplicate.
+    assert vigil.receive(notification("g", alert("Down", "x", resolved_at=two_hours))) == []
+
+
+def test_the_same_alert_listed_twice_is_stored_once() -> None:
+    vigil = Vigil()
+    a = alert("Down", "x", service="api")
+    events = vigil.receive(notification("g", a, a))
+    assert len(events) == 1
+    assert vigil.last is not None and vigil.last.duplicates == 1
+
+
+def test_an_alert_gone_from_its_group_is_withdrawn_and_returns_when_listed_again() -> None:
+    """Silenced (or inhibited) alerts drop out of their group's notifications; when the
+    silence ends they are listed again, still firing, with the same startsAt."""
+    vigil = Vigil()
+    x, y = alert("Down", "x", service="api"), alert("Down", "y", service="api")
+    vigil.receive(notification("g", x, y))
+    (withdrawn,) = vigil.receive(notification("g", y))
+    assert isinstance(withdrawn.data, AnomalyWithdrawn) and withdrawn.data.fingerprint == "x"
+    assert firing_now(vigil.stored) == {"y"}
+    assert vigil.receive(notification("g", y)) == []  # nothing new
+    (back,) = vigil.receive(notification("g", x, y))
+    assert isinstance(back.data, AnomalyDetected) and back.data.returned
+    assert back.id != vigil.stored[0].id  # not the first firing again: it would be dropped
+    assert firing_now(vigil.stored) == {"x", "y"}
+    incident = fold_incident(None, [(e, n) for n, e in enumerate(vigil.stored, 1)])
+    assert incident is not None and incident.anomalies == 2  # a return is not a new anomaly
+
+
+def test_a_firing_never_stored_is_told_before_its_resolution() -> None:
+    """The firing's publish failed, then Alertmanager sent the alert resolved: the incident
+    gets both, so it never opens with a resolution alone."""
+    vigil = Vigil()
+    vigil.receive(notification("g", alert("Down", "x", service="api")), store=False)
+    events = vigil.receive(notification("g", alert("Down", "x", resolved_at=WINDOW)))
+    assert [e.type for e in events] == ["AnomalyDetected", "AnomalyResolved"]
+    assert len({e.incident_id for e in events}) == 1
+
+
+# A universe of alert firings: (fingerprint, when it fires). fp-a fires again later.
+FIRINGS = [("fp-a", timedelta(0)), ("fp-b", timedelta(minutes=1)),
+           ("fp-c", timedelta(minutes=40)), ("fp-a", timedelta(hours=3))]  # fmt: skip
+# What one notification lists: per firing, resolved?, startsAt rewritten on resolution?
+listing = st.dictionaries(st.integers(0, len(FIRINGS) - 1), st.tuples(st.booleans(), st.booleans()))
+sends = st.lists(st.tuples(listing, st.booleans(), st.booleans()), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sends, st.integers(0, 12))
+def test_the_read_model_matches_what_alertmanager_knows(
+    sends: list[tuple[dict[int, tuple[bool, bool]], bool, bool]], restart_at: int
+) -> None:
+    """Each notification lists any firings, firing or resolved, complete or truncated; some
+    publishes fail and the notification is sent again. After each complete one, the read
+    model's firing alerts are exactly those it lists firing that were never resolved before;
+    every event is stored once, an alert keeps its incident, no incident opens by a resolution.
+    """
+    vigil = Vigil()
+    resolved: set[int] = set()  # firings Alertmanager has said are resolved
+    latest: dict[str, timedelta] = {}  # a fingerprint's latest firing sent: no older one after
+    for step, (listed, truncated, fails) in enumerate(sends):
         if step == restart_at:
             vigil.restart()
-        chosen = dict(picks)  # one status per alert per notification
+        listed = {
+            i: r
+            for i, r in listed.items()
+            if FIRINGS[i][1] >= latest.get(FIRINGS[i][0], FIRINGS[i][1])
+        }
+        by_fp = {FIRINGS[i][0]: (i, r) for i, r in sorted(listed.items())}  # one per series
         items = []
-        for i, resolved in chosen.items():
-            name, fp, at, service = FIRINGS[i]
-            end = at + timedelta(minutes=5) if resolved else None
-            items.append(alert(name, fp, at=at, resolved_at=end, service=service))
-            sent.setdefault(group, set()).add((i, resolved))
-        if items:
-            stored.setdefault(group, []).extend(vigil.receive(notification(group, *items)))
-    for group, events in stored.items():
-        assert len(events) == len(sent[group])  # each firing and resolution once, however re-sent
-        incidents: dict[str, set[str]] = {}
-        for e in events:
-            key = f"{e.data.fingerprint}|{e.data.starts_at}"  # type: ignore[union-attr]
-            incidents.setdefault(key, set()).add(e.incident_id)
-        assert all(len(ids) == 1 for ids in incidents.values())  # an alert keeps its incident
+        for fp, (i, (is_resolved, rewrite)) in by_fp.items():
+            at = FIRINGS[i][1]
+            latest[fp] = at
+            end = at + timedelta(minutes=5) if is_resolved else None
+            rewritten = end if is_resolved and rewrite else None
+            items.append(alert("Down", fp, at=at, resolved_at=end, starts_at=rewritten))
+        if not items:
+            continue
+        payload = notification("g", *items)
+        if truncated:
+            payload = payload.model_copy(update={"truncated_alerts": 1})
+        if fails:
+            vigil.receive(payload, store=False)  # Alertmanager retries it:
+        vigil.receive(payload)
+        resolved |= {i for i, (is_resolved, _) in by_fp.values() if is_resolved}
+        if not truncated:
+            expected = {fp for fp, (i, (r, _)) in by_fp.items() if not r and i not in resolved}
+            assert firing_now(vigil.stored) == expected
+    assert len({e.id for e in vigil.stored}) == len(vigil.stored)  # each event stored once
+    incidents: dict[str, set[str]] = {}
+    for e in vigil.stored:
+        key = f"{e.data.fingerprint}|{e.data.starts_at}"  # type: ignore[union-attr]
+        incidents.setdefault(key, set()).add(e.incident_id)
+    assert all(len(ids) == 1 for ids in incidents.values())  # an alert keeps its incident
+    opened = {e.incident_id for e in vigil.stored if isinstance(e.data, AnomalyDetected)}
+    assert {e.incident_id for e in vigil.stored} == opened  # none opened by a resolution
