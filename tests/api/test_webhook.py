@@ -29,12 +29,19 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 URL = "/webhooks/alertmanager"
 
 
+# PAYLOAD with both alerts firing: Vigil stores a resolution only of a firing it knows.
+FIRING: dict[str, Any] = copy.deepcopy(PAYLOAD)
+FIRING["alerts"][1] |= {"status": "firing", "endsAt": "0001-01-01T00:00:00Z"}
+
+
 @contextlib.asynccontextmanager
-async def api(js: JetStreamContext, token: str | None = TOKEN) -> AsyncIterator[httpx.AsyncClient]:
+async def api(
+    js: JetStreamContext, token: str | None = TOKEN, **config: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     """The API in process, publishing to the test's nats-server, with a fresh alert index
     (what a restarted Vigil has: only what KV holds)."""
     index = await AlertIndex.open(js)
-    config = WebhookConfig(token=token, max_bytes=64_000, timeout=1.0)
+    config = WebhookConfig(**{"token": token, "max_bytes": 64_000, "timeout": 1.0} | config)
     app = create_app(
         EventPublisher(js, ack_timeout=1.0), index, config, registry=CollectorRegistry()
     )
@@ -53,28 +60,83 @@ async def stored(js: JetStreamContext) -> int:
     return (await js.stream_info(EVENTS_STREAM)).state.messages
 
 
+def answer_of(stored: int, duplicates: int = 0, stale: int = 0, alerts: int = 2) -> dict:
+    return {"alerts": alerts, "stored": stored, "duplicates": duplicates, "stale": stale}
+
+
 async def test_alerts_are_stored_before_the_2xx(
     client: httpx.AsyncClient, js: JetStreamContext
 ) -> None:
-    answer = await client.post("/webhooks/alertmanager", json=PAYLOAD, headers=AUTH)
+    answer = await client.post("/webhooks/alertmanager", json=FIRING, headers=AUTH)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"alerts": 2, "stored": 2, "duplicates": 0}
+    assert answer.json() == answer_of(stored=2)
+    answer = await client.post("/webhooks/alertmanager", json=PAYLOAD, headers=AUTH)
+    assert answer.json() == answer_of(stored=1, duplicates=1)
     types = sorted(e.type for e in await stream_events(js))
-    assert types == ["AnomalyDetected", "AnomalyResolved"]
+    assert types == ["AnomalyDetected", "AnomalyDetected", "AnomalyResolved"]
 
 
 async def test_the_same_notification_again_stores_nothing_new(
     client: httpx.AsyncClient, js: JetStreamContext
 ) -> None:
-    await client.post("/webhooks/alertmanager", json=PAYLOAD, headers=AUTH)
-    again = await client.post("/webhooks/alertmanager", json=PAYLOAD, headers=AUTH)
-    assert again.json() == {"alerts": 2, "stored": 0, "duplicates": 2}
+    await client.post("/webhooks/alertmanager", json=FIRING, headers=AUTH)
+    again = await client.post("/webhooks/alertmanager", json=FIRING, headers=AUTH)
+    assert again.json() == answer_of(stored=0, duplicates=2)
     assert await stored(js) == 2
-    await client.post("/webhooks/alertmanager", json=PAYLOAD)  # no token
+    await client.post("/webhooks/alertmanager", json=FIRING)  # no token
     scrape = (await client.get("/metrics")).text
     assert 'vigil_webhook_alerts_total{outcome="stored"} 2.0' in scrape
     assert 'vigil_webhook_alerts_total{outcome="duplicate"} 2.0' in scrape
     assert 'vigil_webhook_requests_total{status="401"} 1.0' in scrape
+
+
+async def test_the_same_alert_listed_twice_is_stored_once_and_counted(
+    client: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    twice = {**FIRING, "alerts": [FIRING["alerts"][0]] * 2}
+    answer = await client.post(URL, json=twice, headers=AUTH)
+    assert answer.json() == answer_of(stored=1, duplicates=1)
+    assert await stored(js) == 1
+    scrape = (await client.get("/metrics")).text
+    assert 'vigil_webhook_alerts_total{outcome="stored"} 1.0' in scrape
+
+
+async def test_a_resolution_of_a_firing_never_seen_opens_no_incident(
+    client: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    answer = await client.post(URL, json=PAYLOAD, headers=AUTH)
+    assert answer.json() == answer_of(stored=1, stale=1)
+    assert [e.type for e in await stream_events(js)] == ["AnomalyDetected"]
+    scrape = (await client.get("/metrics")).text
+    assert 'vigil_webhook_alerts_total{outcome="stale"} 1.0' in scrape
+
+
+async def test_an_oversized_annotation_is_cut_and_stored_not_a_503_forever(
+    js: JetStreamContext,
+) -> None:
+    """1.2 MB in one annotation, far under the body limit, but over NATS's 1 MB max_payload."""
+    big = copy.deepcopy(FIRING)
+    big["alerts"][0]["annotations"]["description"] = "x" * 1_200_000
+    async with api(js, max_bytes=16_000_000) as c:
+        answer = await c.post(URL, content=orjson.dumps(big), headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == answer_of(stored=2)
+    cut = next(e for e in await stream_events(js) if e.data.fingerprint == "1a30ba71cca2921f")  # type: ignore[union-attr]
+    assert cut.data.truncated == {"annotations.description": 1_200_000}  # type: ignore[union-attr]
+
+
+async def test_an_alert_too_large_even_cut_is_refused_by_name_and_the_rest_stored(
+    js: JetStreamContext,
+) -> None:
+    huge = copy.deepcopy(FIRING)
+    huge["alerts"][1]["labels"] |= {f"l{i}": "v" * 300 for i in range(2000)}
+    async with api(js, max_bytes=16_000_000, event_budget=64_000) as c:
+        answer = await c.post(URL, content=orjson.dumps(huge), headers=AUTH)
+        again = await c.post(URL, content=orjson.dumps(huge), headers=AUTH)
+    assert answer.status_code == 422  # not 503: Alertmanager must not retry it for ever
+    assert answer.json()["detail"].startswith("alerts.1 (fingerprint b2c3d4e5f6a7b8c9):")
+    assert answer.json()["stored"] == 1 and again.json()["duplicates"] == 1
+    assert await stored(js) == 1
 
 
 @pytest.mark.parametrize(
@@ -133,11 +195,11 @@ async def test_broker_down_is_503_and_the_retry_stores_each_event_once(
     client: httpx.AsyncClient, js: JetStreamContext, nats_server: EmbeddedNats
 ) -> None:
     await nats_server.stop()
-    down = await client.post("/webhooks/alertmanager", json=PAYLOAD, headers=AUTH)
+    down = await client.post("/webhooks/alertmanager", json=FIRING, headers=AUTH)
     assert down.status_code == 503 and "retry" in down.json()["detail"]
     await nats_server.start()
     for _ in range(30):  # Alertmanager's retries, until the client has reconnected
-        answer = await client.post("/webhooks/alertmanager", json=PAYLOAD, headers=AUTH)
+        answer = await client.post("/webhooks/alertmanager", json=FIRING, headers=AUTH)
         if answer.status_code == 200:
             break
         assert answer.status_code == 503
@@ -153,11 +215,11 @@ async def test_a_repeat_beyond_jetstreams_duplicate_window_is_still_a_duplicate(
     read back from KV by a restarted Vigil, is what knows the events are stored."""
     await ensure_streams(js, duplicate_window=0.2)
     async with api(js) as first:
-        assert (await first.post(URL, json=PAYLOAD, headers=AUTH)).status_code == 200
+        assert (await first.post(URL, json=FIRING, headers=AUTH)).status_code == 200
     await asyncio.sleep(0.4)  # time itself is the condition: JetStream's window has passed
     async with api(js) as restarted:
-        again = await restarted.post(URL, json=PAYLOAD, headers=AUTH)
-    assert again.json() == {"alerts": 2, "stored": 0, "duplicates": 2}
+        again = await restarted.post(URL, json=FIRING, headers=AUTH)
+    assert again.json() == answer_of(stored=0, duplicates=2)
     assert await stored(js) == 2
 
 
@@ -171,7 +233,7 @@ async def test_a_group_keeps_its_incident_across_notifications_and_a_restart(
         await c.post(URL, json=first, headers=AUTH)
     async with api(js) as c:
         answer = await c.post(URL, json=later, headers=AUTH)
-    assert answer.json() == {"alerts": 2, "stored": 1, "duplicates": 1}
+    assert answer.json() == answer_of(stored=1, duplicates=1)
     events = await stream_events(js)
     assert len(events) == 2 and events[0].incident_id == events[1].incident_id
 
