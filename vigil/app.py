@@ -30,6 +30,7 @@ from eventlog.sql_service import serve_sql, sql_subject
 from eventlog.store import ProjectionStore
 from eventlog.stream import connect, ensure_streams
 from vigil.broker import EmbeddedNats, die_with_parent
+from vigil.http_protocol import BoundedHeadersProtocol
 from vigil.runtime import clear_runtime, write_runtime
 from vigil.settings import Settings
 
@@ -285,7 +286,10 @@ async def run_api(
         # A request may wait out the timeout three times (index, decision, publish) before 503.
         grace = 3 * settings.webhook_timeout_seconds
         try:
-            await serve_http(app, sock, stop, on_ready=on_ready, grace=grace)
+            await serve_http(
+            app, sock, stop, on_ready=on_ready, grace=grace,
+            header_timeout=settings.webhook_read_timeout_seconds,
+        )  # fmt: skip
         finally:
             await index.close()
 
@@ -324,12 +328,14 @@ async def serve_http(
     *,
     on_ready: Callable[[], None],
     grace: float = 5.0,
+    header_timeout: float = 30.0,
 ) -> None:
-    """uvicorn on `sock` until `stop`, then requests in flight get `grace` seconds to end."""
+    """uvicorn on `sock` until `stop`, then requests in flight get `grace` seconds to end;
+    a connection whose request headers take longer than `header_timeout` is closed."""
     config = uvicorn.Config(
         app,
         loop="none",  # ours: uvloop, set by the CLI
-        http="httptools",
+        http=BoundedHeadersProtocol.bounded(header_timeout),
         lifespan="off",
         access_log=False,
         log_level="warning",
