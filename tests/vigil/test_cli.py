@@ -185,11 +185,12 @@ REFUSED = [
     ("DROP TABLE events", "DROP is refused"),
     ("DELETE FROM events", "DELETE is refused"),
     ("INSERT INTO projector_meta VALUES ('k', 'v')", "INSERT is refused"),
-    ("SELECT * FROM read_csv('/etc/hostname')", "reading files or the network is refused"),
+    ("SELECT * FROM read_csv('/etc/hostname')", "reading files is not allowed: '/etc/hostname'"),
     ("SELECT 1; DROP TABLE events", "one statement per query, found 2"),
     ("ATTACH '{tmp}/attached.duckdb' AS x", "ATTACH is refused"),
     ("COPY events TO '{tmp}/leak.csv'", "COPY is refused"),
-    ("SELECT * FROM read_text('{tmp}/secret')", "reading files or the network is refused"),
+    ("SELECT * FROM read_text('{tmp}/secret')", "reading files is not allowed"),
+    ("SELECT * FROM 's3://bucket/x'", "reading files is not allowed: 's3://bucket/x' is a file"),
     ("SET enable_external_access = true", "SET is refused"),
 ]
 
