@@ -27,7 +27,9 @@ class LoadgenError(RuntimeError):
 def wrk_binary() -> str:
     found = shutil.which("wrk")
     if not found:
-        raise LoadgenError("wrk not found: install it (apt-get install wrk) to run this benchmark")
+        raise LoadgenError(
+            "wrk not found: run `make bench` (as root it installs it), or: sudo apt-get install wrk"
+        )
     return found
 
 

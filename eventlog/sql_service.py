@@ -3,7 +3,7 @@
 DuckDB 2.0 lets one process hold a database file (even a read-only open from a second process
 fails), so while `vigil up` runs, `vigil sql` asks it over NATS request/reply instead of
 opening the file. The subject carries the file's id, so several Vigils on one NATS never answer
-for each other. It is a NATS micro service: `nats micro ls` shows it with its stats.
+for each other. It is a NATS micro service: `nats micro ls` (natscli) shows it with its stats.
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ def free_port() -> int:
 def binary(name: str, package: str) -> str:
     found = shutil.which(name)
     if not found:
-        raise RuntimeError(f"{name} not found: apt-get install {package} (.ci/run does)")
+        raise RuntimeError(
+            f"{name} not found: run `make test` (as root it installs the Debian packages), "
+            f"or: sudo apt-get install {package}"
+        )
     return found
 
 

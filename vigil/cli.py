@@ -198,6 +198,11 @@ def detector() -> None:
 
 
 def detector_rules(cfg: Settings) -> RuleSet:
+    """The rules the detector polls with; CliError (one line) when unset or unusable."""
+    if cfg.rules is None:
+        raise CliError(
+            "VIGIL_RULES is not set: the detector needs a rules file, e.g. deploy/rules.yaml"
+        )
     try:
         return load_rules(cfg.rules)
     except RulesError as exc:

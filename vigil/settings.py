@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     prometheus_url: str | None = Field(
         default=None, description="set: `vigil up` runs the detector against it"
     )
-    rules: Path = Field(default=Path("rules.yaml"), description="the detector's rules file")
+    rules: Path | None = Field(
+        default=None,
+        description="the detector's rules file (sample: deploy/rules.yaml); no default, so a "
+        "detector never polls with rules nobody chose",
+    )
     alertmanager_url: str | None = None
     model: str = "builtin"
     stream_replicas: int = Field(default=1, ge=1, le=5)
@@ -73,6 +77,12 @@ class Settings(BaseSettings):
             if "://" not in server.strip():
                 raise ValueError(f"{server.strip()!r} is not a URL like nats://host:4222")
         return value
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _blank_rules_is_unset(cls, value: object) -> object:
+        # `VIGIL_RULES=` would otherwise be Path("."), a directory, not "no rules file".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def db_path(self) -> Path:

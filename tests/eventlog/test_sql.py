@@ -82,7 +82,7 @@ def test_refused_with_a_clear_message(store: ProjectionStore, sql: str) -> None:
         run_read_only(store.con, sql)
     message = str(caught.value)
     assert message and "\n" not in message
-    assert "refused" in message or "one statement per query" in message
+    assert any(why in message for why in ("refused", "not allowed", "one statement per query"))
     # Nothing changed, and nothing outside was read.
     assert store.con.execute("SELECT count(*) FROM events").fetchone() == (30,)
     assert "mine" not in {t for (t,) in store.con.execute("SHOW TABLES").fetchall()}
@@ -92,6 +92,77 @@ def test_a_path_as_a_table_reads_nothing(store: ProjectionStore) -> None:
     with pytest.raises(SqlError) as caught:
         run_read_only(store.con, f"SELECT * FROM '{SECRET}'")
     assert Path(SECRET).read_text().strip() not in str(caught.value)
+
+
+# A table written as a file or URL: with access off DuckDB says "Table with name ... does not
+# exist!" for some (which reads like a typo) and "Permission Error" for others; either way the
+# refusal says reading files is not allowed, and names what was named.
+FILES = {
+    "absolute path": ("SELECT * FROM '/etc/hostname'", "/etc/hostname"),
+    "relative file": ("SELECT * FROM 'events.csv'", "events.csv"),
+    "quoted name with an extension": (
+        'SELECT count(*) FROM "incidents.parquet"',
+        "incidents.parquet",
+    ),
+    "s3 url": ("SELECT * FROM 's3://bucket/x'", "s3://bucket/x"),
+    "https url": ("SELECT * FROM 'https://example.com/x.parquet'", "https://example.com/x.parquet"),
+    "file url": ("SELECT * FROM 'file:///etc/hostname'", "file:///etc/hostname"),
+    "glob": ("SELECT * FROM '/var/log/*'", "/var/log/*"),
+    "relative glob": ("SELECT * FROM 'logs/*.json'", "logs/*.json"),
+    "read_csv()": (f"SELECT * FROM read_csv('{SECRET}')", SECRET),
+    "glob()": ("SELECT * FROM glob('/etc/*')", "/etc/*"),
+    "query_table()": ("SELECT * FROM query_table('s3://bucket/x')", "s3://bucket/x"),
+    "joined to a table": ("SELECT * FROM events JOIN 'x.csv' USING (id)", "x.csv"),
+    "in a subquery": ("SELECT (SELECT count(*) FROM 's3://b/k')", "s3://b/k"),
+    "in a union": ("SELECT id FROM events UNION ALL SELECT id FROM 'https://h/x'", "https://h/x"),
+    "describe": ("DESCRIBE 's3://bucket/x'", "s3://bucket/x"),
+    "summarize": ("SUMMARIZE 'data.csv'", "data.csv"),
+    "explain": ("EXPLAIN SELECT * FROM 's3://bucket/x'", "s3://bucket/x"),
+}
+
+
+@pytest.mark.parametrize(("sql", "name"), FILES.values(), ids=FILES.keys())
+async def test_reading_a_file_is_refused_as_such(
+    store: ProjectionStore, sql: str, name: str
+) -> None:
+    expected = (
+        f"reading files is not allowed: {name!r} is a file or URL, not one of Vigil's tables "
+        "(events, incidents, tool_calls, saga_steps, dead_letters, ...)"
+    )
+    with pytest.raises(SqlRefused) as caught:
+        run_read_only(store.con, sql)
+    assert str(caught.value) == expected
+    with pytest.raises(SqlRefused) as caught:  # the runner `vigil sql` and the bus use
+        await query(store.con, sql, timeout=5)
+    assert str(caught.value) == expected
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"SELECT * FROM read_text('{SECRET}')",
+        "SELECT * FROM read_parquet('x')",
+        f"SELECT * FROM read_json_auto('{SECRET}')",
+        "SELECT * FROM sniff_csv('x.csv')",
+    ],
+)
+def test_file_functions_say_reading_files_is_not_allowed(store: ProjectionStore, sql: str) -> None:
+    with pytest.raises(SqlRefused, match=r"^reading files is not allowed: '"):
+        run_read_only(store.con, sql)
+
+
+def test_an_unknown_table_keeps_duckdbs_message_and_its_hint(store: ProjectionStore) -> None:
+    with pytest.raises(SqlError) as caught:
+        run_read_only(store.con, "SELECT * FROM evnts")
+    assert not isinstance(caught.value, SqlRefused)
+    assert str(caught.value) == (
+        'Catalog Error: Table with name evnts does not exist! Did you mean "events"?'
+    )
+
+
+def test_a_cte_named_like_a_file_is_not_a_file(store: ProjectionStore) -> None:
+    sql = 'WITH "week.csv" AS (SELECT count(*) AS n FROM events) SELECT n FROM "week.csv"'
+    assert run_read_only(store.con, sql).rows == [[30]]
 
 
 def test_python_variables_are_not_tables(store: ProjectionStore) -> None:

@@ -185,11 +185,12 @@ REFUSED = [
     ("DROP TABLE events", "DROP is refused"),
     ("DELETE FROM events", "DELETE is refused"),
     ("INSERT INTO projector_meta VALUES ('k', 'v')", "INSERT is refused"),
-    ("SELECT * FROM read_csv('/etc/hostname')", "reading files or the network is refused"),
+    ("SELECT * FROM read_csv('/etc/hostname')", "reading files is not allowed: '/etc/hostname'"),
     ("SELECT 1; DROP TABLE events", "one statement per query, found 2"),
     ("ATTACH '{tmp}/attached.duckdb' AS x", "ATTACH is refused"),
     ("COPY events TO '{tmp}/leak.csv'", "COPY is refused"),
-    ("SELECT * FROM read_text('{tmp}/secret')", "reading files or the network is refused"),
+    ("SELECT * FROM read_text('{tmp}/secret')", "reading files is not allowed"),
+    ("SELECT * FROM 's3://bucket/x'", "reading files is not allowed: 's3://bucket/x' is a file"),
     ("SET enable_external_access = true", "SET is refused"),
 ]
 
@@ -372,6 +373,12 @@ async def test_detector_needs_nats_prometheus_and_rules(tmp_path: Path) -> None:
     done = await run_vigil("detector", env=vigil_env(tmp_path, **nats))
     one_line_error(done, "VIGIL_PROMETHEUS_URL is required")
     prometheus = {"prometheus_url": "http://127.0.0.1:1"}
+    unset = "VIGIL_RULES is not set: the detector needs a rules file, e.g. deploy/rules.yaml"
+    done = await run_vigil("detector", env=vigil_env(tmp_path, **nats, **prometheus))
+    assert one_line_error(done) == f"vigil: {unset}"
+    done = await run_vigil("up", env=vigil_env(tmp_path / "data", **prometheus))
+    assert one_line_error(done) == f"vigil: {unset}"
+    assert not (tmp_path / "data" / "nats").exists()  # refused before anything started
     missing = tmp_path / "nope.yaml"
     done = await run_vigil(
         "detector", env=vigil_env(tmp_path, rules=str(missing), **nats, **prometheus)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from detector.rules import load_rules
 from eventlog.stream import split_servers
 from vigil.settings import Settings
 
@@ -29,6 +30,7 @@ def test_defaults() -> None:
     assert s.nats_store_dir == Path(".vigil/nats")
     assert s.http_host == "127.0.0.1"
     assert s.http_port == 8080
+    assert s.rules is None  # no default: the detector refuses to start without one
 
 
 def test_env_vars_map_to_fields(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -181,3 +183,21 @@ def test_config_file_must_exist(
     monkeypatch.setenv("VIGIL_CONFIG", str(path))
     with pytest.raises(ValueError, match=f"VIGIL_CONFIG={path}: no such file"):
         Settings()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_blank_rules_means_unset(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("VIGIL_RULES", value)
+    assert Settings().rules is None
+
+
+def test_the_sample_config_names_the_sample_rules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/vigil.yaml sets prometheus_url, so it must name rules the detector can load."""
+    root = Path(__file__).parents[2]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("VIGIL_CONFIG", "deploy/vigil.yaml")
+    s = Settings()
+    assert s.prometheus_url and s.rules == Path("deploy/rules.yaml")
+    assert load_rules(s.rules).rules
