@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from nats.aio.client import Client as NATS
 from vigil_cli_support import (
@@ -20,8 +21,10 @@ from vigil_cli_support import (
     watch_events,
 )
 
+from eventlog.envelope import Event
 from eventlog.stream import EVENTS_STREAM, connect
 from tests.alertmanager.alertmanager_server import AlertmanagerServer, am_alert
+from vigil.broker import EmbeddedNats
 from vigil.runtime import Runtime
 
 TOKEN = "a-token-only-alertmanager-knows"
@@ -60,7 +63,7 @@ async def pipeline(vigil_up: StartUp, tmp_path: Path) -> AsyncIterator[Pipeline]
         await nc.close()
 
 
-async def incidents(data: Path) -> list[dict[str, object]]:
+async def incidents_of(data: Path) -> list[dict[str, object]]:
     done = await run_vigil(
         "sql",
         "SELECT service, title, list_sort(firing) AS firing, anomalies FROM incidents "
@@ -97,7 +100,7 @@ async def test_alerts_and_their_resolution_become_events_and_incidents(
     (resolved,) = watch.of_type("AnomalyResolved")
     disk = next(e for e in detected if e.data.labels["instance"] == "db1")  # type: ignore[union-attr]
     assert resolved.incident_id == disk.incident_id
-    rows = await incidents(pipeline.data)
+    rows = await incidents_of(pipeline.data)
     checkout = sorted(e.data.fingerprint for e in detected if e.data.service == "checkout")  # type: ignore[union-attr]
     assert rows == [
         {"service": "checkout", "title": "HighLatency", "firing": checkout, "anomalies": 2},
@@ -109,9 +112,20 @@ async def test_an_alert_storm_opens_a_handful_of_incidents(pipeline: Pipeline) -
     """300 alerts of 3 alert names on 2 services: Alertmanager notifies 6 groups, several
     times each as they fill; Vigil stores each alert once and opens one incident per service."""
     am, watch = pipeline.am, pipeline.watch
-    now = datetime.now(UTC).replace(microsecond=0)
+    alerts = storm(datetime.now(UTC).replace(microsecond=0))
+    for wave in range(3):  # in waves, so groups are notified again with more alerts
+        await am.post_alerts(alerts[wave * 100 : (wave + 1) * 100])
+    await watch.until(lambda _: len(watch.events) >= 300, "300 alerts")
+    await pipeline.projected()
+    assert len(watch.events) == 300 and len({e.id for e in watch.events}) == 300
+    rows = await incidents_of(pipeline.data)
+    assert [(r["service"], r["anomalies"]) for r in rows] == [("cart", 150), ("checkout", 150)]
+
+
+def storm(now: datetime) -> list[dict[str, object]]:
+    """300 alerts of 3 alert names on 2 services: 6 groups of 50, one incident per service."""
     names = ("HighLatency", "ErrorBudgetBurn", "PodRestarting")
-    storm = [
+    return [
         am_alert(
             names[i % 3],
             now + timedelta(seconds=i // 10),
@@ -120,10 +134,87 @@ async def test_an_alert_storm_opens_a_handful_of_incidents(pipeline: Pipeline) -
         )
         for i in range(300)
     ]
-    for wave in range(3):  # in waves, so groups are notified again with more alerts
-        await am.post_alerts(storm[wave * 100 : (wave + 1) * 100])
-    await watch.until(lambda _: len(watch.events) >= 300, "300 alerts")
-    await pipeline.projected()
+
+
+async def scrape(url: str) -> str:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return (await client.get(url.replace("/webhooks/alertmanager", "/metrics"))).text
+
+
+@pytest.mark.slow
+async def test_two_replicas_behind_one_alertmanager_open_one_incident_per_service(
+    vigil_up: StartUp, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """Two `vigil up` on one NATS (one alert index): the groups of one service go to either
+    replica, and one alert name's groups to both at once; their decisions meet in the KV
+    bucket, so each service is still one incident and each alert one event."""
+    ups = [
+        await vigil_up(tmp_path / name, webhook_token=TOKEN, nats_url=nats_server.url)
+        for name in ("a", "b")
+    ]
+    runtimes = [await up.up() for up in ups]
+    a, b = (up.http_url() for up in ups)
+    am = AlertmanagerServer(
+        tmp_path / "alertmanager", a, TOKEN,
+        routes={"ErrorBudgetBurn": [b], "PodRestarting": [a, b]},
+    )  # fmt: skip
+    am.start()
+    nc = await connect(nats_server.url, name="vigil-test-watch")
+    try:
+        watch = await watch_events(nc)
+        alerts = storm(datetime.now(UTC).replace(microsecond=0))
+        for wave in range(3):  # in waves, so groups are notified again with more alerts
+            await am.post_alerts(alerts[wave * 100 : (wave + 1) * 100])
+        await watch.until(lambda events: len(events) >= 300, "300 alerts")
+        info = await nc.jetstream().stream_info(EVENTS_STREAM)
+        await wait_projected(runtimes[0], info.state.last_seq)
+    finally:
+        am.stop()
+        await nc.close()
     assert len(watch.events) == 300 and len({e.id for e in watch.events}) == 300
-    rows = await incidents(pipeline.data)
+    incidents: dict[str, set[str]] = {}
+    for e in watch.events:
+        incidents.setdefault(e.data.service, set()).add(e.incident_id)  # type: ignore[union-attr]
+    assert {s: len(i) for s, i in incidents.items()} == {"checkout": 1, "cart": 1}
+    rows = await incidents_of(ups[0].data_dir)
     assert [(r["service"], r["anomalies"]) for r in rows] == [("cart", 150), ("checkout", 150)]
+    for url in (a, b):  # each replica took notifications
+        assert 'vigil_webhook_requests_total{status="200"}' in await scrape(url)
+
+
+async def test_a_silenced_alert_leaves_the_firing_state_and_returns_when_it_ends(
+    pipeline: Pipeline,
+) -> None:
+    """Alertmanager stops listing a silenced alert in its group's notifications: Vigil's read
+    model must stop showing it firing (AnomalyWithdrawn), and show it again when the silence
+    ends and the alert is listed again (AnomalyDetected, returned)."""
+    am, watch = pipeline.am, pipeline.watch
+    now = datetime.now(UTC).replace(microsecond=0)
+    x, y, z = (am_alert("Down", now, service="api", instance=i) for i in "xyz")
+    await am.post_alerts([x, y])
+    await watch.until(lambda _: len(watch.of_type("AnomalyDetected")) == 2, "x and y firing")
+    silence = await am.silence({"instance": "x"}, now + timedelta(hours=1))
+    # Alertmanager notifies a group again when something new fires in it, not when an
+    # alert is silenced: z is what makes it send the group without x.
+    await am.post_alerts([z])
+    await watch.until(lambda _: len(watch.of_type("AnomalyWithdrawn")) == 1, "x withdrawn")
+    await am.expire_silence(silence)
+    await watch.until(lambda _: len(watch.of_type("AnomalyDetected")) == 4, "x listed again")
+    ended = now + timedelta(seconds=1)
+    await am.post_alerts([am_alert("Down", now, ended, service="api", instance="y")])
+    await watch.until(lambda _: len(watch.of_type("AnomalyResolved")) == 1, "y resolved")
+    await pipeline.projected()
+
+    def instance(e: Event) -> str:
+        return e.data.labels["instance"]  # type: ignore[union-attr]
+
+    (withdrawn,) = watch.of_type("AnomalyWithdrawn")
+    returned = [e for e in watch.of_type("AnomalyDetected") if e.data.returned]  # type: ignore[union-attr]
+    assert [instance(e) for e in returned] == ["x"]
+    x_fired = next(e for e in watch.of_type("AnomalyDetected") if instance(e) == "x")
+    assert withdrawn.data.fingerprint == x_fired.data.fingerprint  # type: ignore[union-attr]
+    fingerprint = {instance(e): e.data.fingerprint for e in watch.of_type("AnomalyDetected")}  # type: ignore[union-attr]
+    assert await incidents_of(pipeline.data) == [
+        {"service": "api", "title": "Down", "anomalies": 3,
+         "firing": sorted([fingerprint["x"], fingerprint["z"]])},
+    ]  # fmt: skip
