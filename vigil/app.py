@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import duckdb
 import uvicorn
 import uvloop
 from fastapi import FastAPI
@@ -100,7 +101,11 @@ async def run_projector(
     `vigil up` this runs for, as its child."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with bus(settings, url, "vigil-projector") as nc:
-        store = ProjectionStore(settings.db_path)
+        try:
+            store = ProjectionStore(settings.db_path)
+        except duckdb.Error as exc:  # e.g. locked by a reader: one line, not a traceback
+            message = " ".join(str(exc).split())
+            raise RoleFailed(f"cannot open {settings.db_path}: {message}") from None
         try:
             projector = Projector(nc.jetstream(), store, batch=settings.projector_batch)
             service = await serve_sql(
