@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Registered once, in the default registry that the API's /metrics serves.
 ROLE_RESTARTS = Counter(
-    "vigil_role_restarts",
+    "vigil_role_restarts_total",
     "Restarts of a role of `vigil up` after it died (exited, crashed) while serving",
     ["role"],
 )

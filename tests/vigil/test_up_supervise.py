@@ -84,7 +84,7 @@ class Posters:
                     self.answers[answer.status_code] += 1
                     if answer.is_success:
                         self.acked.append(body["alerts"][0]["fingerprint"])
-                        if answer.json() != {"alerts": 1, "stored": 1, "duplicates": 0}:
+                        if answer.json() != {"alerts": 1, "stored": 1, "duplicates": 0, "stale": 0}:
                             self.errors.append(f"a new alert answered {answer.text}")
                     self._changed.notify_all()
 
