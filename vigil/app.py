@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import duckdb
 import uvicorn
 import uvloop
 from fastapi import FastAPI
@@ -33,6 +34,7 @@ from vigil.broker import EmbeddedNats, die_with_parent
 from vigil.http_protocol import BoundedHeadersProtocol
 from vigil.runtime import clear_runtime, write_runtime
 from vigil.settings import Settings
+from vigil.supervisor import RoleFailed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,20 +45,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run on uvloop: the webhook's req/s nearly double over the default loop."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
-
-
-async def run_roles(*roles: Coroutine[Any, Any, None]) -> None:
-    """Every role until all end; the first to fail stops the others and is raised as itself
-    (so the CLI prints its one-line message, not an exception group)."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            for role in roles:
-                group.create_task(role)
-    except BaseExceptionGroup as failed:
-        first = failed.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None
 
 
 @contextlib.asynccontextmanager
@@ -113,7 +101,11 @@ async def run_projector(
     `vigil up` this runs for, as its child."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with bus(settings, url, "vigil-projector") as nc:
-        store = ProjectionStore(settings.db_path)
+        try:
+            store = ProjectionStore(settings.db_path)
+        except duckdb.Error as exc:  # e.g. locked by a reader: one line, not a traceback
+            message = " ".join(str(exc).split())
+            raise RoleFailed(f"cannot open {settings.db_path}: {message}") from None
         try:
             projector = Projector(nc.jetstream(), store, batch=settings.projector_batch)
             service = await serve_sql(
@@ -133,10 +125,6 @@ async def run_projector(
                 await service.stop()
         finally:
             store.close()
-
-
-class RoleFailed(Exception):
-    """A role of `vigil up` stopped on its own; the message says which and how."""
 
 
 # Set by `vigil up` for its projector child: the pid holding the data dir's lock.
@@ -261,7 +249,8 @@ async def run_api(
     *,
     on_ready: Callable[[], None],
 ) -> None:
-    """The HTTP API (the Alertmanager webhook, /metrics) on `sock` until `stop`."""
+    """The HTTP API (the Alertmanager webhook, /metrics) on `sock` until `stop`; `sock` is left
+    open, so the API can be started again on it."""
     async with bus(settings, url, "vigil-api") as nc:
         js = nc.jetstream()
         index = await AlertIndex.open(
@@ -285,11 +274,14 @@ async def run_api(
         )
         # A request may wait out the timeout three times (index, decision, publish) before 503.
         grace = 3 * settings.webhook_timeout_seconds
+        # uvicorn closes the socket it served when it stops: it gets a duplicate, so `sock`
+        # stays bound and listening for a restart (connections wait in its backlog meanwhile).
         try:
-            await serve_http(
-            app, sock, stop, on_ready=on_ready, grace=grace,
-            header_timeout=settings.webhook_read_timeout_seconds,
-        )  # fmt: skip
+            with sock.dup() as serving:
+                await serve_http(
+                    app, serving, stop, on_ready=on_ready, grace=grace,
+                    header_timeout=settings.webhook_read_timeout_seconds,
+                )  # fmt: skip
         finally:
             await index.close()
 

@@ -14,8 +14,11 @@ import re
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vigil.supervisor import RoleFailed
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,25 @@ class EmbeddedNats:
             if READY_LINE in line:
                 self.port = int(url.rsplit(":", 1)[1])  # a restart keeps the address
                 return url
+
+    async def serve(self, stop: asyncio.Event, *, on_ready: Callable[[], None]) -> None:
+        """As a role of `vigil up`: the server until `stop`, started again (same port, same
+        store) if it had died. Raises RoleFailed when it exits on its own. It is left running
+        at `stop`: its clients drain first, then its owner stops it."""
+        if self._proc is None or self._proc.returncode is not None:
+            await self._end(signal.SIGKILL, 0)  # reap what is left of the one that died
+            await self.start()
+        assert self._proc is not None
+        on_ready()
+        exited = asyncio.ensure_future(self._proc.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            exited.cancel()
+        if not stop.is_set():
+            raise RoleFailed(f"nats-server exited: exit code {self._proc.returncode}")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM), then SIGKILL if it does not exit in time."""

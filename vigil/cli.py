@@ -8,6 +8,7 @@ import csv
 import io
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
@@ -43,14 +44,14 @@ from vigil.app import (
     run_detector_role,
     run_projector,
     run_projector_process,
-    run_roles,
     serve_http,
     stop_on_signals,
 )
-from vigil.broker import BrokerError
+from vigil.broker import BrokerError, EmbeddedNats
 from vigil.datadir import DataDirBusy, holding
-from vigil.runtime import read_runtime
+from vigil.runtime import clear_runtime, read_runtime
 from vigil.settings import Settings
+from vigil.supervisor import Role, Supervisor, run_roles
 from vigil.tuning import tune_gc
 
 app = typer.Typer(help="Vigil: incident response from Prometheus alerts, every step an event.")
@@ -101,13 +102,9 @@ def up() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
         async with broker(cfg) as (url, embedded):
-            where = f"embedded, store {cfg.nats_store_dir}" if embedded else "external"
-            waiting = {"projector", "api"} | ({"detector"} if rules else set())
 
-            def ready(role: str) -> None:  # NATS, the streams, DuckDB and HTTP are there
-                waiting.discard(role)
-                if waiting:
-                    return
+            def announce() -> None:  # every role is ready: NATS, the streams, DuckDB, HTTP
+                where = f"embedded, store {cfg.nats_store_dir}" if embedded else "external"
                 host, port = sock.getsockname()[:2]
                 console.print(f"NATS   {url} ({where})")
                 console.print(f"DuckDB {cfg.db_path}")
@@ -119,15 +116,12 @@ def up() -> None:
                     console.print(f"Rules  {n} from {cfg.rules}, polling {source}")
                 console.print("vigil is up")
 
-            roles = [
-                run_projector_process(cfg, url, stop, on_ready=lambda: ready("projector")),
-                run_api(cfg, url, sock, stop, on_ready=lambda: ready("api")),
-            ]
-            if rules:
-                roles.append(
-                    run_detector_role(cfg, url, rules, stop, on_ready=lambda: ready("detector"))
-                )
-            await run_roles(*roles)
+            try:
+                await Supervisor(
+                    up_roles(cfg, url, sock, stop, rules, embedded), stop, on_up=announce
+                ).run()
+            finally:  # the projector child clears it too, unless it was killed
+                clear_runtime(cfg.data_dir)
         console.print("vigil stopped")
 
     with holding(cfg.data_dir):
@@ -136,6 +130,28 @@ def up() -> None:
             run(main())
         finally:
             sock.close()
+
+
+def up_roles(
+    cfg: Settings,
+    url: str,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    rules: RuleSet | None,
+    embedded: EmbeddedNats | None,
+) -> list[Role]:
+    """The roles of `vigil up`, each startable again by its supervisor."""
+    roles = [
+        Role("projector", lambda ready: run_projector_process(cfg, url, stop, on_ready=ready)),
+        Role("api", lambda ready: run_api(cfg, url, sock, stop, on_ready=ready)),
+    ]
+    if rules:
+        roles.append(
+            Role("detector", lambda ready: run_detector_role(cfg, url, rules, stop, on_ready=ready))
+        )
+    if embedded:
+        roles.append(Role("nats", lambda ready: embedded.serve(stop, on_ready=ready)))
+    return roles
 
 
 @app.command()

@@ -165,6 +165,7 @@ class VigilUp:
     stderr: list[str] = field(default_factory=list)
     watched: list[Watched] = field(default_factory=list)
     _err_task: asyncio.Task[None] | None = None
+    _err_seen: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
     def pid(self) -> int:
@@ -195,6 +196,30 @@ class VigilUp:
             raise AssertionError(
                 f"no {text!r} from vigil up within {timeout:g}s; stdout={self.lines}"
             ) from None
+
+    async def wait_for_stderr(self, text: str, timeout: float = DEADLINE) -> str:
+        """The first stderr line that contains `text`, once it is there (earlier lines count)."""
+
+        def found() -> str | None:
+            return next((line for line in self.stderr if text in line), None)
+
+        try:
+            async with asyncio.timeout(timeout), self._err_seen:
+                await self._err_seen.wait_for(lambda: found() is not None)
+        except TimeoutError:
+            raise AssertionError(
+                f"no {text!r} on the stderr of vigil up within {timeout:g}s; stderr={self.stderr}"
+            ) from None
+        line = found()
+        assert line is not None
+        return line
+
+    async def _collect_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while raw := await self.proc.stderr.readline():
+            async with self._err_seen:
+                self.stderr.append(raw.decode().rstrip("\n"))
+                self._err_seen.notify_all()
 
     async def up(self) -> Runtime:
         await self.wait_for_line("vigil is up")
@@ -269,11 +294,6 @@ class VigilUp:
                 await self._err_task
 
 
-async def collect(stream: asyncio.StreamReader, into: list[str]) -> None:
-    while raw := await stream.readline():
-        into.append(raw.decode().rstrip("\n"))
-
-
 async def start_up(data_dir: Path, **settings: str) -> VigilUp:
     """Start `vigil up` (the caller stops it: see the `vigil_up` fixture)."""
     proc = await asyncio.create_subprocess_exec(
@@ -285,8 +305,7 @@ async def start_up(data_dir: Path, **settings: str) -> VigilUp:
         stderr=asyncio.subprocess.PIPE,
     )
     up = VigilUp(proc, data_dir)
-    assert proc.stderr is not None
-    up._err_task = asyncio.create_task(collect(proc.stderr, up.stderr))
+    up._err_task = asyncio.create_task(up._collect_stderr())
     return up
 
 
