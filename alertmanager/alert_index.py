@@ -52,7 +52,15 @@ R = TypeVar("R", GroupMemory, ServiceMemory)
 
 
 class Conflict(Exception):
-    """Another replica wrote a record first; the held records have been read again."""
+    """Another replica wrote a record first; the held records have been read again.
+
+    `ours`: service records this attempt wrote before the conflict, still as it wrote them:
+    their decision was not the one that stands, so the caller decides them again from what
+    they were before and writes them again."""
+
+    def __init__(self, ours: list[Slot[Any]] | None = None) -> None:
+        super().__init__("records changed under this decision")
+        self.ours = ours or []
 
 
 @dataclass(eq=False)
@@ -88,6 +96,11 @@ class Held:
     def slots(self) -> list[Slot[Any]]:
         return [*self.services.values(), self.group]
 
+    def forget_decision(self) -> None:
+        """What was decided in memory is not to be written: read every record again."""
+        for slot in self.slots():
+            slot.stale = True
+
     def release_services(self) -> None:
         """Done deciding: other groups of these services may go on while this one publishes."""
         for slot in [s for s in self._locked if s is not self.group]:
@@ -101,9 +114,15 @@ class Held:
 
 class AlertIndex:
     def __init__(
-        self, kv: KeyValue, *, ttl: float = DEFAULT_TTL_SECONDS, cache_size: int = 100_000
+        self,
+        kv: KeyValue,
+        *,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        cache_size: int = 100_000,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self._kv = kv
+        self._max_record_bytes = max_record_bytes
         self._refresh_after = ttl / 2
         self._cache_size = cache_size
         self._slots: OrderedDict[str, Slot[Any]] = OrderedDict()
@@ -119,8 +138,10 @@ class AlertIndex:
         replicas: int = 1,
         ttl: float = DEFAULT_TTL_SECONDS,
         follow: NATS | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> AlertIndex:
-        """The bucket, created if missing (an existing one keeps its operator's settings)."""
+        """The bucket, created if missing (an existing one keeps its operator's settings).
+        `max_record_bytes`: at most this per record (under the server's max_payload)."""
         try:
             kv = await js.key_value(ALERTS_BUCKET)
         except BucketNotFoundError:
@@ -134,7 +155,7 @@ class AlertIndex:
                     replicas=replicas,
                 )
             )
-        index = cls(kv, ttl=ttl)
+        index = cls(kv, ttl=ttl, max_record_bytes=max_record_bytes)
         if follow is not None:
             await index._follow(follow)
         return index
@@ -175,7 +196,7 @@ class AlertIndex:
                 held._locked.append(slot)
             stale = [s for s in held.slots() if s.stale or not s.loaded]
             if stale:
-                await asyncio.gather(*(self._read(s) for s in stale))
+                await _all(self._read(s) for s in stale)
         except BaseException:
             held.release()
             raise
@@ -186,17 +207,22 @@ class AlertIndex:
         it is due for a refresh), each compare-and-set. Raises Conflict when another replica
         wrote first (all held records are read again), what NATS raised otherwise (they will
         be read again at their next use: a write that timed out may have landed)."""
+        revisions = {s: s.revision for s in services}
         try:
             await _all(self._write(s) for s in services)
             if group or self._due(held.group):
                 await self._write(held.group)
-        except KeyWrongLastSequenceError:
-            await asyncio.gather(*(self._read(s) for s in held.slots()))
-            raise Conflict from None
-        except BaseException:
-            for slot in held.slots():
-                slot.stale = True
-            raise
+        except BaseException as exc:
+            # What was decided in memory was not all written: it must not be decided on again
+            # (each slot is read again at its next use, or right now for a conflict).
+            held.forget_decision()
+            if not isinstance(exc, KeyWrongLastSequenceError):
+                raise
+            written = {s: s.revision for s in services if s.revision != revisions[s]}
+            await _all(self._read(s) for s in held.slots())
+            # Service records this attempt wrote and that no one wrote since: the decision
+            # behind them is taken back, so the next one must write them again.
+            raise Conflict([s for s, rev in written.items() if s.revision == rev]) from None
 
     def flush_later(self, slot: Slot[Any]) -> None:
         """Write the record soon (its events stored since, a refresh), without holding up
@@ -298,7 +324,7 @@ class AlertIndex:
 
     async def _write(self, slot: Slot[Any]) -> None:
         """Compare-and-set on the revision held; the caller holds the slot's lock."""
-        data = _fitting(slot)
+        data = _fitting(slot, self._max_record_bytes)
         slot.ours.append(hash(data))  # its echo may come before the answer
         slot.revision = await self._kv.update(slot.key, data, last=slot.revision)
         slot.saved_at = asyncio.get_running_loop().time()
@@ -318,19 +344,19 @@ async def _all(writes: Iterable[Awaitable[None]]) -> None:
         raise errors[0]
 
 
-def _fitting(slot: Slot[Any]) -> bytes:
+def _fitting(slot: Slot[Any], limit: int) -> bytes:
     """The record as JSON, small enough for one NATS message: a group of thousands of alerts
     first forgets those that ended; if it is still too big, what it could not keep is lost
     to dedup beyond JetStream's window, which beats refusing the group forever."""
     assert slot.record is not None
     data = slot.record.model_dump_json().encode()
-    if len(data) <= MAX_RECORD_BYTES or not isinstance(slot.record, GroupMemory):
+    if len(data) <= limit or not isinstance(slot.record, GroupMemory):
         return data
     group = slot.record
     group.alerts = {aid: m for aid, m in group.alerts.items() if m.ends_at is None}
     data = group.model_dump_json().encode()
-    while len(data) > MAX_RECORD_BYTES:
-        keep = len(group.alerts) * MAX_RECORD_BYTES // len(data) * 9 // 10
+    while len(data) > limit:
+        keep = len(group.alerts) * limit // len(data) * 9 // 10
         oldest_first = sorted(group.alerts.items(), key=lambda item: item[1].starts_at)
         group.alerts = dict(oldest_first[len(oldest_first) - keep :])
         data = group.model_dump_json().encode()

@@ -50,6 +50,10 @@ FORGET_RESOLVED_AFTER = timedelta(days=1)
 # A withdrawn alert may come back when its silence ends, which can be weeks: it is kept as
 # long as the record lives, so its return is told as a return, not lost as a duplicate.
 FORGET_WITHDRAWN_AFTER = timedelta(days=30)
+# A firing copy of a resolved alert this soon after its resolution is stale (an Alertmanager
+# retry, an HA peer); later, Alertmanager is firing it again: it resolved it on its own when
+# Prometheus went quiet past endsAt, then Prometheus came back with the same startsAt.
+REFIRE_AFTER = timedelta(minutes=5)
 
 
 class AlertMemory(BaseModel):
@@ -62,15 +66,20 @@ class AlertMemory(BaseModel):
     starts_at: AwareDatetime
     ends_at: AwareDatetime | None = None  # left the firing state: resolved or withdrawn
     resolved: bool = False  # Alertmanager said so: a firing copy is stale from now on
-    withdrawals: int = 0  # times it dropped out of its group's notifications
+    # Times it left the firing state and came back (withdrawn and listed again, or resolved
+    # and fired again): each time has its own labels, so its own event ids.
+    generation: int = 0
 
     @model_validator(mode="after")
     def _resolved_if_stored(self) -> AlertMemory:
-        self.resolved = self.resolved or "resolved" in self.stored
+        self.resolved = self.resolved or self.resolved_label() in self.stored
         return self
 
     def firing_label(self) -> str:
-        return "firing" if self.withdrawals == 0 else f"firing.{self.withdrawals}"
+        return "firing" if self.generation == 0 else f"firing.{self.generation}"
+
+    def resolved_label(self) -> str:
+        return "resolved" if self.generation == 0 else f"resolved.{self.generation}"
 
 
 class GroupMemory(BaseModel):
@@ -87,10 +96,16 @@ class GroupMemory(BaseModel):
 
 
 class ServiceMemory(BaseModel):
-    """The incident of a service's most recent alert, and when that alert started."""
+    """The incident of a service's most recent alert, and when its alerts started: an alert
+    of the service starting within the window of that span joins it."""
 
     incident_id: str
     last_fired_at: AwareDatetime
+    first_fired_at: AwareDatetime | None = None  # None in records written before Vigil kept it
+
+    def near(self, at: datetime, window: timedelta) -> bool:
+        first = self.first_fired_at or self.last_fired_at
+        return first - window <= at <= self.last_fired_at + window
 
 
 def memory_key(kind: Literal["g", "s"], value: str) -> str:
@@ -215,7 +230,7 @@ def _target(
     key = alert_key(alert.fingerprint, alert.starts_at)
     aid = alert_id(key)
     memory = group.alerts.get(aid)
-    if memory is not None:
+    if memory is not None and (alert.status == "firing" or memory.incident_id is not None):
         return aid, key, memory
     known = series.get(alert.fingerprint, [])
     if alert.status == "resolved":
@@ -223,13 +238,14 @@ def _target(
         match = [
             (m.starts_at, a, m)
             for a, m in known
-            if m.starts_at <= ended and (not m.resolved or m.ends_at == ended)
-        ]  # open, or this very resolution
+            if m.incident_id is not None and m.starts_at <= ended
+            and (not m.resolved or m.ends_at == ended)  # open, or this very resolution
+        ]  # fmt: skip
     else:
         match = [(m.starts_at, a, m) for a, m in known if m.resolved and m.ends_at is not None
                  and m.ends_at >= alert.starts_at]  # fmt: skip
     if not match:
-        return aid, key, None
+        return aid, key, memory  # unknown, or a resolution already known for nothing fired
     starts_at, aid, memory = max(match, key=lambda f: (f[0], f[1]))
     return aid, alert_key(alert.fingerprint, starts_at), memory
 
@@ -238,8 +254,16 @@ def _plan_firing(
     ctx: _Context, alert: WebhookAlert, aid: str, key: str, memory: AlertMemory | None
 ) -> None:
     if memory is not None and memory.resolved:
-        ctx.plan.stale += 1  # a copy older than the resolution already stored
-        return
+        assert memory.ends_at is not None
+        if ctx.now - memory.ends_at <= REFIRE_AFTER:
+            ctx.plan.stale += 1  # a copy older than the resolution already stored
+            return
+        if memory.starts_at != alert.starts_at:  # a resolution kept under its own startsAt
+            key = alert_key(alert.fingerprint, alert.starts_at)
+            aid, memory = alert_id(key), None
+        else:  # Alertmanager fires it again
+            memory.resolved = False
+            memory.generation += memory.incident_id is not None
     label = "firing" if memory is None else memory.firing_label()
     if memory is not None and memory.ends_at is None and label in memory.stored:
         ctx.plan.duplicates += 1
@@ -248,7 +272,7 @@ def _plan_firing(
     incident = incident or _incident_for(ctx, alert, aid)
     event = firing_event(
         alert, ctx.payload.group_key, incident, event_id_for(key, label),
-        returned=label != "firing", budget=ctx.budget,
+        returned=memory is not None and "firing" in memory.stored, budget=ctx.budget,
     )  # fmt: skip
     # A series fires once at a time: an older firing of it still open has ended (its
     # withdrawal goes first, so the read model ends up with this one firing).
@@ -260,6 +284,7 @@ def _plan_firing(
             incident_id=incident, fingerprint=alert.fingerprint, starts_at=alert.starts_at
         )
         ctx.group.alerts[aid] = memory
+    memory.incident_id = incident
     memory.ends_at = None  # listed: it fires (again, after a withdrawal)
     _fired(alert, incident, ctx.group, ctx.plan.services)
     ctx.plan.add(event, aid, label)
@@ -276,24 +301,24 @@ def _plan_resolution(
         ctx.plan.stale += 1
         ctx.plan.group_changed = True
         return
-    if "resolved" in memory.stored:
+    if memory.resolved_label() in memory.stored:
         ctx.plan.duplicates += 1
         return
     if memory.incident_id is None:
         ctx.plan.stale += 1
         return
     events = []
-    if "firing" not in memory.stored:  # its firing never reached the stream: tell it first
+    if memory.generation == 0 and "firing" not in memory.stored:  # never told: tell it first
         returned = firing_event(
             alert, ctx.payload.group_key, memory.incident_id, event_id_for(key, "firing"),
             starts_at=memory.starts_at, budget=ctx.budget,
         )  # fmt: skip
         events.append((returned, "firing"))
+    label = memory.resolved_label()
     resolution = resolved_event(
-        alert, memory.starts_at, memory.incident_id, event_id_for(key, "resolved"),
-        budget=ctx.budget,
-    )  # fmt: skip
-    events.append((resolution, "resolved"))
+        alert, memory.starts_at, memory.incident_id, event_id_for(key, label), budget=ctx.budget
+    )
+    events.append((resolution, label))
     memory.resolved = True
     memory.ends_at = max(alert.ends_at or alert.starts_at, memory.starts_at)
     for event, label in events:
@@ -312,19 +337,19 @@ def _withdraw_absent(ctx: _Context, present: set[str]) -> None:
 
 
 def _withdraw(ctx: _Context, aid: str, memory: AlertMemory, ended: datetime) -> None:
-    """The firing leaves the firing state without a resolution: AnomalyWithdrawn, once its
-    firing is stored (planned again until the withdrawal is stored too)."""
+    """The firing leaves the firing state without a resolution: AnomalyWithdrawn (planned
+    again until it is stored). Told whether or not its firing is known stored here (another
+    replica, or a write of the marks that was lost, may have stored it): a withdrawal of a
+    firing that never reached the stream opens nothing in the read model."""
     if memory.resolved or memory.incident_id is None or memory.fingerprint is None:
         return
     if memory.ends_at is None:
         memory.ends_at = max(ended, memory.starts_at)
+        memory.generation += 1
         ctx.plan.group_changed = True
-        if memory.firing_label() not in memory.stored:
-            return  # its firing never reached the stream: nothing to take back
-        memory.withdrawals += 1
-    label = f"withdrawn.{memory.withdrawals}"
-    if memory.withdrawals == 0 or label in memory.stored:
-        return  # never withdrawn by an event, or that event is stored
+    label = f"withdrawn.{memory.generation}"
+    if memory.generation == 0 or label in memory.stored:
+        return  # ended without a withdrawal (written before Vigil told them), or stored
     key = alert_key(memory.fingerprint, memory.starts_at)
     event = withdrawn_event(
         memory.fingerprint, memory.starts_at, ctx.payload.group_key, memory.incident_id,
@@ -341,7 +366,7 @@ def _incident_for(ctx: _Context, alert: WebhookAlert, aid: str) -> str:
         return group.incident_id
     service = service_of(alert)
     known = ctx.plan.services.get(service) if service else None
-    if known is not None and _within(known.last_fired_at, alert.starts_at, window):
+    if known is not None and known.near(alert.starts_at, window):
         return known.incident_id
     return incident_id_for(aid)
 
@@ -353,11 +378,19 @@ def _fired(
     if group.last_fired_at is None or _newer(alert.starts_at, incident, group):
         group.incident_id, group.last_fired_at = incident, alert.starts_at
     service = service_of(alert)
-    if service:
-        known = services.get(service)
-        if known is None or _newer(alert.starts_at, incident, known):
-            # A new record, not an update: the receiver writes the records that were replaced.
-            services[service] = ServiceMemory(incident_id=incident, last_fired_at=alert.starts_at)
+    if not service:
+        return
+    at, known = alert.starts_at, services.get(service)
+    # A new record, not an update: the receiver writes the records that were replaced.
+    if known is None or (known.incident_id != incident and _newer(at, incident, known)):
+        services[service] = ServiceMemory(incident_id=incident, last_fired_at=at, first_fired_at=at)
+    elif known.incident_id == incident:
+        first = known.first_fired_at or known.last_fired_at
+        if at < first or at > known.last_fired_at:  # the incident's span grows
+            services[service] = ServiceMemory(
+                incident_id=incident, first_fired_at=min(first, at),
+                last_fired_at=max(known.last_fired_at, at),
+            )  # fmt: skip
 
 
 def _newer(at: datetime, incident: str, current: GroupMemory | ServiceMemory) -> bool:
@@ -381,6 +414,7 @@ def _forget_old(group: GroupMemory) -> None:
         a
         for a, m in group.alerts.items()
         if m.ends_at is not None
-        and m.ends_at < latest - (FORGET_RESOLVED_AFTER if m.resolved else FORGET_WITHDRAWN_AFTER)
+        # (a difference, not latest - horizon: a timestamp near year 1 must not overflow)
+        and latest - m.ends_at > (FORGET_RESOLVED_AFTER if m.resolved else FORGET_WITHDRAWN_AFTER)
     ]:
         del group.alerts[aid]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import AlertIndex, Conflict, Held, Slot
-from alertmanager.correlation import GroupMemory, Plan, correlate, service_of
+from alertmanager.correlation import GroupMemory, Plan, ServiceMemory, correlate, service_of
 from alertmanager.payload import WebhookPayload
 from eventlog.publisher import EventPublisher, PublishError
 
@@ -147,27 +147,46 @@ async def _decide(
     """Correlate on the held records and write the decision before anything is published;
     when another replica wrote first, decide again on what it wrote."""
     now = datetime.now(UTC)
+    retake: dict[str, Slot[ServiceMemory]] = {}  # written by a decision that did not stand
     for _ in range(CONFLICT_RETRIES):
-        assert held.group.record is not None
-        known = {name: slot.record for name, slot in held.services.items() if slot.record}
-        before = dict(known)  # correlate replaces a service record it moves on
-        plan = correlate(payload, held.group.record, known, window, now=now, budget=budget)
-        changed = []
-        for name, memory in known.items():
-            if memory is not before.get(name):
-                held.services[name].record = memory
-                changed.append(held.services[name])
-        if not plan.group_changed:
+        before = {name: slot.record for name, slot in held.services.items()}
+        try:
+            plan, changed = _plan(payload, held, window, now, budget)
+        except BaseException:
+            held.forget_decision()  # half made in memory: never to be written
+            raise
+        changed += [slot for slot in retake.values() if slot not in changed]
+        if not (plan.group_changed or changed):
             return plan
         try:
             async with asyncio.timeout(timeout):
                 await index.commit(held, changed, group=True)
             return plan
-        except Conflict:
-            continue
+        except Conflict as conflict:
+            for name, slot in held.services.items():
+                if slot in conflict.ours:  # ours, still: decide from what it was before
+                    slot.record = before[name]
+                    retake[name] = slot
         except (NatsError, TimeoutError) as exc:
             raise _unavailable(payload, "alert index not written", exc) from None
-    raise _unavailable(payload, "alert index", Conflict("records changed under every retry"))
+    raise _unavailable(payload, "alert index", Conflict())
+
+
+def _plan(
+    payload: WebhookPayload, held: Held, window: timedelta, now: datetime, budget: int
+) -> tuple[Plan, list[Slot[ServiceMemory]]]:
+    """`correlate` on the held records; the service records it moved on are put in their
+    slots and returned."""
+    assert held.group.record is not None
+    known = {name: slot.record for name, slot in held.services.items() if slot.record}
+    before = dict(known)  # correlate replaces a service record it moves on
+    plan = correlate(payload, held.group.record, known, window, now=now, budget=budget)
+    changed = []
+    for name, memory in known.items():
+        if memory is not before.get(name):
+            held.services[name].record = memory
+            changed.append(held.services[name])
+    return plan, changed
 
 
 async def _store(

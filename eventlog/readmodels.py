@@ -90,6 +90,8 @@ def fold_incident(
     for event, seq in events:
         if isinstance(event.data, ChangeRecorded):
             continue  # a fact about a service, not part of an incident's story
+        if state is None and isinstance(event.data, AnomalyResolved | AnomalyWithdrawn):
+            continue  # the end of something never seen firing opens no incident
         if state is None:
             state = _opened_by(event)
         _apply_incident(state, event, seq)

@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
 from alertmanager.alert_events import EVENT_BUDGET
-from alertmanager.alert_index import AlertIndex
+from alertmanager.alert_index import MAX_RECORD_BYTES, AlertIndex
 from api.app import WebhookConfig, create_app
 from detector.poller import run_detector
 from detector.rules import RuleSet
@@ -258,6 +258,7 @@ async def run_api(
             replicas=settings.stream_replicas,
             ttl=settings.alert_memory_days * 86400,
             follow=nc,
+            max_record_bytes=min(MAX_RECORD_BYTES, nc.max_payload - 16 * 1024),
         )
         token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
         app = create_app(

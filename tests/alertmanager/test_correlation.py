@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alertmanager.correlation import (
+    REFIRE_AFTER,
     GroupMemory,
     Plan,
     ServiceMemory,
@@ -53,6 +54,10 @@ def notification(group: str, *alerts: dict[str, Any]) -> WebhookPayload:
     )
 
 
+def arrival(payload: WebhookPayload) -> datetime:
+    return max(a.ends_at or a.starts_at for a in payload.alerts) + timedelta(minutes=1)
+
+
 class Vigil:
     """What the receiver keeps between notifications, with every plan's events stored."""
 
@@ -62,10 +67,14 @@ class Vigil:
         self.stored: list[Event] = []
         self.last: Plan | None = None
 
-    def receive(self, payload: WebhookPayload, *, store: bool = True) -> list[Event]:
-        """Correlate; `store`: JetStream acked every event (else: the publish failed)."""
+    def receive(
+        self, payload: WebhookPayload, *, store: bool = True, now: datetime | None = None
+    ) -> list[Event]:
+        """Correlate; `store`: JetStream acked every event (else: the publish failed); `now`:
+        when it arrives (by default a minute after the latest time the notification holds)."""
         group = self.groups.setdefault(payload.group_key, GroupMemory())
-        self.last = plan = correlate(payload, group, self.services, WINDOW, now=T0 + DAY)
+        now = now or arrival(payload)
+        self.last = plan = correlate(payload, group, self.services, WINDOW, now=now)
         if store:
             plan.mark_stored(group)
             self.stored += plan.events
@@ -110,6 +119,19 @@ def test_one_service_within_the_window_is_one_incident_across_groups() -> None:
     vigil.receive(notification("g3", alert("PodCrash", "c", at=3 * WINDOW, service="checkout")))
     vigil.receive(notification("g4", alert("ErrorRate", "d", service="payments")))
     assert len(vigil.incidents()) == 3  # too late for the first; another service
+
+
+def test_an_older_alert_of_a_service_arriving_last_joins_its_incident() -> None:
+    """Alerts at 0, 10 and 20 minutes in three groups, delivered in any order: the one at 0 is
+    within the window of the one at 10, so all three are one incident."""
+    for order in ((0, 1, 2), (1, 2, 0), (2, 1, 0), (0, 2, 1), (2, 0, 1), (1, 0, 2)):
+        vigil = Vigil()
+        for i in order:
+            at = timedelta(minutes=10 * i)
+            vigil.receive(notification(f"g{i}", alert(f"A{i}", f"fp{i}", at=at, service="api")))
+        if order in ((0, 2, 1), (2, 0, 1)):
+            continue  # 0 and 20 are 20 minutes apart: two incidents until 10 comes, by design
+        assert len(vigil.incidents()) == 1, order
 
 
 def test_a_quiet_group_opens_a_new_incident_after_the_window() -> None:
@@ -198,6 +220,21 @@ def test_a_late_firing_copy_of_a_resolved_alert_is_stale() -> None:
     assert firing_now(vigil.stored) == set()
 
 
+def test_alertmanager_firing_a_resolved_alert_again_is_told() -> None:
+    """Prometheus went quiet past endsAt: Alertmanager resolved the alert on its own; then
+    Prometheus came back with the same startsAt, and Alertmanager fires it again (and keeps
+    re-sending it). Long after the resolution, a firing copy is no stale copy."""
+    vigil = Vigil()
+    x = alert("Down", "x", service="api")
+    vigil.receive(notification("g", x))
+    vigil.receive(notification("g", alert("Down", "x", resolved_at=timedelta(minutes=5))))
+    (again,) = vigil.receive(notification("g", x), now=T0 + timedelta(hours=1))
+    assert isinstance(again.data, AnomalyDetected) and again.data.returned
+    assert firing_now(vigil.stored) == {"x"} and len(vigil.incidents()) == 1
+    (resolved,) = vigil.receive(notification("g", alert("Down", "x", resolved_at=DAY)))
+    assert resolved.id != vigil.stored[1].id and firing_now(vigil.stored) == set()
+
+
 def test_a_resolution_first_then_its_firing_copy_stores_nothing() -> None:
     """Out of order: the resolution of a firing Vigil never saw opens no incident, and the
     firing copy that comes after it is stale too."""
@@ -250,6 +287,17 @@ def test_an_alert_gone_from_its_group_is_withdrawn_and_returns_when_listed_again
     assert incident is not None and incident.anomalies == 2  # a return is not a new anomaly
 
 
+def test_a_withdrawal_is_told_though_the_firing_was_not_marked_stored_here() -> None:
+    """The firing reached the stream but the write of its mark was lost (or another replica
+    stored it): when the alert leaves its group, the read model must hear of it."""
+    vigil = Vigil()
+    vigil.stored += vigil.receive(notification("g", alert("Down", "x"), alert("Down", "y")),
+                                  store=False)  # fmt: skip
+    for _ in range(2):
+        vigil.receive(notification("g", alert("Down", "y")))
+    assert firing_now(vigil.stored) == {"y"}
+
+
 def test_a_firing_never_stored_is_told_before_its_resolution() -> None:
     """The firing's publish failed, then Alertmanager sent the alert resolved: the incident
     gets both, so it never opens with a resolution alone."""
@@ -279,7 +327,7 @@ def test_the_read_model_matches_what_alertmanager_knows(
     every event is stored once, an alert keeps its incident, no incident opens by a resolution.
     """
     vigil = Vigil()
-    resolved: set[int] = set()  # firings Alertmanager has said are resolved
+    resolved: dict[int, datetime] = {}  # firings Alertmanager has said are resolved: when
     latest: dict[str, timedelta] = {}  # a fingerprint's latest firing sent: no older one after
     for step, (listed, truncated, fails) in enumerate(sends):
         if step == restart_at:
@@ -305,10 +353,15 @@ def test_the_read_model_matches_what_alertmanager_knows(
         if fails:
             vigil.receive(payload, store=False)  # Alertmanager retries it:
         vigil.receive(payload)
-        resolved |= {i for i, (is_resolved, _) in by_fp.values() if is_resolved}
+        now, firing = arrival(payload), set()
+        for fp, (i, (is_resolved, _)) in by_fp.items():
+            if is_resolved:
+                resolved[i] = T0 + FIRINGS[i][1] + timedelta(minutes=5)
+            elif i not in resolved or now - resolved[i] > REFIRE_AFTER:  # else a stale copy
+                resolved.pop(i, None)
+                firing.add(fp)
         if not truncated:
-            expected = {fp for fp, (i, (r, _)) in by_fp.items() if not r and i not in resolved}
-            assert firing_now(vigil.stored) == expected
+            assert firing_now(vigil.stored) == firing
     assert len({e.id for e in vigil.stored}) == len(vigil.stored)  # each event stored once
     incidents: dict[str, set[str]] = {}
     for e in vigil.stored:

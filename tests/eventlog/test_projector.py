@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from eventlog.payloads import (
     AnomalyDetected,
     AnomalyResolved,
+    AnomalyWithdrawn,
     CompensationStarted,
     CompensationSucceeded,
     Hypothesis,
@@ -126,6 +127,28 @@ async def test_a_new_firing_reopens_a_resolved_incident(
     assert rows(db_path, "SELECT status, resolved_at, firing FROM incidents") == [
         ("open", None, ["a", "z"])
     ]
+
+
+async def test_withdrawn_alerts_leave_firing_and_endings_alone_open_no_incident(
+    js: JetStreamContext, db_path: Path
+) -> None:
+    withdrawn = AnomalyWithdrawn(origin="alertmanager", fingerprint="a", starts_at=T0)
+    back = AnomalyDetected(origin="alertmanager", name="HighLatency", fingerprint="a",
+                           starts_at=T0, service="api", returned=True)  # fmt: skip
+    resolved = AnomalyResolved(origin="alertmanager", name="Other", fingerprint="q",
+                               starts_at=T0, ends_at=T0)  # fmt: skip
+    story = [fired("a", 0), fired("b", 0), event(withdrawn, minute=1)]
+    story += [event(resolved, "inc-2", 1), event(withdrawn, "inc-3", 1)]  # never seen firing
+    acks = await EventPublisher(js).publish_many(story)
+    async with projecting(js, db_path) as projector:
+        await projector.wait_for(acks[-1].seq)
+    assert rows(db_path, "SELECT incident_id, firing, anomalies FROM incidents") == [
+        ("inc-1", ["b"], 2)
+    ]
+    acks = await EventPublisher(js).publish_many([event(back, minute=2)])
+    async with projecting(js, db_path) as projector:
+        await projector.wait_for(acks[-1].seq)
+    assert rows(db_path, "SELECT firing, anomalies FROM incidents") == [(["b", "a"], 2)]
 
 
 async def test_saga_steps_track_compensation(js: JetStreamContext, db_path: Path) -> None:
