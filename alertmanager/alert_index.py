@@ -20,6 +20,7 @@ another replica wrote (seen on the bucket's subjects) is read again at its next 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 from collections import OrderedDict, deque
@@ -52,15 +53,15 @@ R = TypeVar("R", GroupMemory, ServiceMemory)
 
 
 class Conflict(Exception):
-    """Another replica wrote a record first; the held records have been read again.
+    """Another replica wrote a record first; the held records will be read again.
 
-    `ours`: service records this attempt wrote before the conflict, still as it wrote them:
-    their decision was not the one that stands, so the caller decides them again from what
-    they were before and writes them again."""
+    `written`: service records this attempt wrote before the conflict, with the revision it
+    wrote: while KV still holds that revision, the decision behind it, which did not stand,
+    is the caller's to take back."""
 
-    def __init__(self, ours: list[Slot[Any]] | None = None) -> None:
+    def __init__(self, written: dict[Slot[Any], int] | None = None) -> None:
         super().__init__("records changed under this decision")
-        self.ours = ours or []
+        self.written = written or {}
 
 
 @dataclass(eq=False)
@@ -101,9 +102,9 @@ class Held:
         for slot in self.slots():
             slot.stale = True
 
-    def release_services(self) -> None:
-        """Done deciding: other groups of these services may go on while this one publishes."""
-        for slot in [s for s in self._locked if s is not self.group]:
+    def release_services(self, keep: list[Slot[ServiceMemory]] | None = None) -> None:
+        """Other groups of these services may go on: done deciding (and writing `keep`)."""
+        for slot in [s for s in self._locked if s is not self.group and s not in (keep or [])]:
             self._locked.remove(slot)
             slot.lock.release()
 
@@ -205,8 +206,8 @@ class AlertIndex:
     async def commit(self, held: Held, services: list[Slot[ServiceMemory]], group: bool) -> None:
         """Write the changed `services` records, then the group's when `group` changed (or
         it is due for a refresh), each compare-and-set. Raises Conflict when another replica
-        wrote first (all held records are read again), what NATS raised otherwise (they will
-        be read again at their next use: a write that timed out may have landed)."""
+        wrote first, what NATS raised otherwise; either way every held record is read again
+        at its next `hold` (a write that timed out may have landed)."""
         revisions = {s: s.revision for s in services}
         try:
             await _all(self._write(s) for s in services)
@@ -218,11 +219,9 @@ class AlertIndex:
             held.forget_decision()
             if not isinstance(exc, KeyWrongLastSequenceError):
                 raise
-            written = {s: s.revision for s in services if s.revision != revisions[s]}
-            await _all(self._read(s) for s in held.slots())
-            # Service records this attempt wrote and that no one wrote since: the decision
-            # behind them is taken back, so the next one must write them again.
-            raise Conflict([s for s, rev in written.items() if s.revision == rev]) from None
+            raise Conflict(
+                {s: s.revision for s in services if s.revision != revisions[s]}
+            ) from None
 
     def flush_later(self, slot: Slot[Any]) -> None:
         """Write the record soon (its events stored since, a refresh), without holding up
@@ -267,7 +266,9 @@ class AlertIndex:
     def _evict(self) -> None:
         """Forget the least recently used records no request holds and nothing waits to write."""
         excess = len(self._slots) - self._cache_size
-        for key in list(self._slots)[: max(excess, 0) * 2]:
+        if excess <= 0:
+            return
+        for key in list(itertools.islice(self._slots, excess * 2)):
             if excess <= 0:
                 break
             slot = self._slots[key]

@@ -112,13 +112,8 @@ async def receive(
     """
     payload = parse_payload(body)
     services = {s for a in payload.alerts if (s := service_of(a))}
+    plan, held = await _decide(payload, services, index, window, timeout, budget)
     try:
-        async with asyncio.timeout(timeout):
-            held = await index.hold(payload.group_key, services)
-    except (NatsError, TimeoutError) as exc:
-        raise _unavailable(payload, "alert index not readable", exc) from None
-    try:
-        plan = await _decide(payload, held, index, window, timeout, budget)
         held.release_services()  # the group stays locked until its events are stored
         await _store(payload, plan, held.group, publisher)
     finally:
@@ -138,38 +133,61 @@ async def receive(
 
 async def _decide(
     payload: WebhookPayload,
-    held: Held,
+    services: set[str],
     index: AlertIndex,
     window: timedelta,
     timeout: float,
     budget: int,
-) -> Plan:
-    """Correlate on the held records and write the decision before anything is published;
-    when another replica wrote first, decide again on what it wrote."""
+) -> tuple[Plan, Held]:
+    """Lock the records, correlate on them and write the decision before anything is
+    published; when another replica wrote first, decide again on what it wrote. Returns the
+    plan and the records, the group still locked (Refused(503) when NATS is not there)."""
     now = datetime.now(UTC)
-    retake: dict[str, Slot[ServiceMemory]] = {}  # written by a decision that did not stand
+    # Service records written by a decision that did not stand: (revision, record before).
+    retake: dict[str, tuple[int, ServiceMemory | None]] = {}
     for _ in range(CONFLICT_RETRIES):
-        before = {name: slot.record for name, slot in held.services.items()}
-        try:
-            plan, changed = _plan(payload, held, window, now, budget)
-        except BaseException:
-            held.forget_decision()  # half made in memory: never to be written
-            raise
-        changed += [slot for slot in retake.values() if slot not in changed]
-        if not (plan.group_changed or changed):
-            return plan
         try:
             async with asyncio.timeout(timeout):
-                await index.commit(held, changed, group=True)
-            return plan
-        except Conflict as conflict:
-            for name, slot in held.services.items():
-                if slot in conflict.ours:  # ours, still: decide from what it was before
-                    slot.record = before[name]
-                    retake[name] = slot
+                held = await index.hold(payload.group_key, services)
         except (NatsError, TimeoutError) as exc:
+            raise _unavailable(payload, "alert index not readable", exc) from None
+        try:
+            forced = _take_back(held, retake)
+            before = {name: slot.record for name, slot in held.services.items()}
+            plan, changed = _plan(payload, held, window, now, budget)
+            changed += [slot for slot in forced if slot not in changed]
+            held.release_services(keep=changed)  # a service decided on, not changed: free
+            if plan.group_changed or changed:
+                async with asyncio.timeout(timeout):
+                    await index.commit(held, changed, group=True)
+            return plan, held
+        except Conflict as conflict:
+            held.release()
+            for name, slot in held.services.items():
+                if slot in conflict.written:
+                    retake[name] = (conflict.written[slot], before[name])
+        except (NatsError, TimeoutError) as exc:
+            held.release()
             raise _unavailable(payload, "alert index not written", exc) from None
+        except BaseException:
+            held.forget_decision()  # half made in memory: never to be written
+            held.release()
+            raise
     raise _unavailable(payload, "alert index", Conflict())
+
+
+def _take_back(
+    held: Held, retake: dict[str, tuple[int, ServiceMemory | None]]
+) -> list[Slot[ServiceMemory]]:
+    """Service records this request wrote in a decision that did not stand, still as written:
+    back to what they were before it, to be written again whatever is decided now."""
+    forced = []
+    for name, (revision, before) in retake.items():
+        slot = held.services[name]
+        if slot.revision == revision:
+            slot.record = before
+            forced.append(slot)
+    return forced
 
 
 def _plan(

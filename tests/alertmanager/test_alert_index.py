@@ -40,8 +40,9 @@ async def test_a_replica_that_decided_on_an_old_record_must_decide_again(
     await a.commit(held_a, [], group=True)
     with pytest.raises(Conflict):
         await b.commit(held_b, [], group=True)
-    assert held_b.group.record is not None
-    assert set(held_b.group.record.alerts) == {"a1"}  # read again: a's, without b's decision
+    held_b.release()
+    held_b = await b.hold(GROUP, set())  # read again: a's, without b's decision
+    assert held_b.group.record is not None and set(held_b.group.record.alerts) == {"a1"}
     remember(held_b.group.record, "b1")  # decided again
     await b.commit(held_b, [], group=True)
     assert set((await stored_group(js)).alerts) == {"a1", "b1"}
@@ -62,8 +63,11 @@ async def test_two_replicas_opening_an_incident_for_one_service_agree_on_one(
     held_a.services["cart"].record = ServiceMemory(incident_id="am-a", last_fired_at=T0)
     held_b.services["cart"].record = ServiceMemory(incident_id="am-b", last_fired_at=T0)
     await a.commit(held_a, [held_a.services["cart"]], group=True)
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict) as conflict:
         await b.commit(held_b, [held_b.services["cart"]], group=True)
+    assert conflict.value.written == {}  # b wrote nothing
+    held_b.release()
+    held_b = await b.hold("g2", {"cart"})
     cart = held_b.services["cart"].record
     assert cart is not None and cart.incident_id == "am-a"
     assert held_b.group.record == GroupMemory()  # nothing of b's first decision was written
