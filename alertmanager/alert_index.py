@@ -20,6 +20,7 @@ another replica wrote (seen on the bucket's subjects) is read again at its next 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -49,6 +50,10 @@ ALERTS_BUCKET = "VIGIL_ALERTS"
 DEFAULT_TTL_SECONDS = 30 * 24 * 3600.0
 MAX_RECORD_BYTES = 900_000  # under NATS's default max_payload (1 MB) with headers to spare
 FLUSH_RETRIES = 5
+# Which events are stored is written this long after the answer (or at shutdown), so one
+# write can carry several notifications' worth; until then JetStream's duplicate window (two
+# minutes by default) drops what a retry re-publishes, and the projector drops it beyond.
+FLUSH_DELAY = 10.0
 R = TypeVar("R", GroupMemory, ServiceMemory)
 
 
@@ -130,6 +135,7 @@ class AlertIndex:
         self._keys: set[str] | None = None  # every key in the bucket, when following it
         self._subject_prefix = f"$KV.{kv._name}."  # nats-py keeps it private
         self._flushes: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
 
     @classmethod
     async def open(
@@ -224,8 +230,9 @@ class AlertIndex:
             ) from None
 
     def flush_later(self, slot: Slot[Any]) -> None:
-        """Write the record soon (its events stored since, a refresh), without holding up
-        the answer: until then a retry re-publishes them, which JetStream and the projector
+        """Write the record within FLUSH_DELAY (its events stored since, a refresh), without
+        holding up the answer; a notification of the group meanwhile writes it with its
+        decision. Until then a retry re-publishes them, which JetStream and the projector
         drop. One flush per record at a time; a failed one stays due for the next write."""
         if slot.flushing is None and (slot.dirty or self._due(slot)):
             slot.flushing = asyncio.create_task(self._flush(slot))
@@ -248,7 +255,9 @@ class AlertIndex:
             raise KeyWrongLastSequenceError(description="record changed under every retry")
 
     async def close(self) -> None:
-        """Wait for the flushes under way (at shutdown: what they write saves re-publishing)."""
+        """Write every record waiting for its flush now (at shutdown: what they write saves
+        re-publishing after a restart)."""
+        self._closing.set()
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
 
@@ -278,6 +287,9 @@ class AlertIndex:
 
     async def _flush(self, slot: Slot[Any]) -> None:
         try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_DELAY):
+                    await self._closing.wait()
             await self.flush(slot)
         except (NatsError, TimeoutError, KeyWrongLastSequenceError) as exc:
             log.warning("alert index %s: not written (%s); it is written with the next change",

@@ -139,10 +139,12 @@ class Plan:
     late: int = 0  # events JetStream already had when published: a concurrent copy's
     # (event id, alert id, label) of each event, to mark stored once JetStream acked it.
     marks: list[tuple[uuid.UUID, str, str]] = field(default_factory=list)
+    _planned: set[tuple[str, str]] = field(default_factory=set)
 
     def add(self, event: Event, aid: str, label: str) -> None:
-        if any(a == aid and lb == label for _, a, lb in self.marks):
+        if (aid, label) in self._planned:
             return  # planned already (a withdrawal both absent and superseded)
+        self._planned.add((aid, label))
         self.events.append(event)
         self.marks.append((event.id, aid, label))
         self.group_changed = True

@@ -48,6 +48,7 @@ async def api(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as c:
         yield c
+    await index.close()  # as `vigil up` does when it stops
 
 
 @pytest.fixture
