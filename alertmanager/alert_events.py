@@ -27,6 +27,7 @@ EVENT_NAMESPACE = uuid.UUID("5b0c6f0e-3f7a-4d8e-9a51-6a4f1c2d7e90")  # Vigil's a
 EVENT_BUDGET = 128 * 1024
 MIN_KEPT = 256  # a cut text keeps at least this many bytes
 CUT_MARK = " …[cut by Vigil]"
+GROUP_KEY_KEPT = 4096  # characters of a group key a withdrawal carries
 
 
 class AlertTooLarge(ValueError):
@@ -127,15 +128,14 @@ def withdrawn_event(
     incident_id: str,
     event_id: uuid.UUID,
     *,
-    name: str | None,
     noticed_at: datetime,
 ) -> Event:
+    """AnomalyWithdrawn, `noticed_at` (the notification that no longer listed it)."""
     data = AnomalyWithdrawn(
         origin="alertmanager",
-        name=name,
         fingerprint=fingerprint,
         starts_at=starts_at,
-        group_key=group_key[: MIN_KEPT * 16],  # a group key is the group's labels: keep it short
+        group_key=group_key[:GROUP_KEY_KEPT],  # the group's labels: no event past its budget
     )
     return new_event(data, incident_id=incident_id, source=SOURCE, event_id=event_id,
                      occurred_at=noticed_at)  # fmt: skip

@@ -43,7 +43,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from alertmanager.correlation import GroupMemory, ServiceMemory, memory_key
+from alertmanager.memory import GroupMemory, ServiceMemory, memory_key
 
 log = logging.getLogger(__name__)
 ALERTS_BUCKET = "VIGIL_ALERTS"

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import AlertIndex, Conflict, Held, Slot
-from alertmanager.correlation import GroupMemory, Plan, ServiceMemory, correlate, service_of
+from alertmanager.correlation import Plan, correlate, service_of
+from alertmanager.memory import GroupMemory, ServiceMemory
 from alertmanager.payload import WebhookPayload
 from eventlog.publisher import EventPublisher, PublishError
 

@@ -20,7 +20,8 @@ from alertmanager.alert_events import (
     event_id_for,
     incident_id_for,
 )
-from alertmanager.correlation import GroupMemory, Plan, correlate
+from alertmanager.correlation import Plan, correlate
+from alertmanager.memory import GroupMemory
 from alertmanager.payload import WebhookAlert, WebhookPayload
 from eventlog.envelope import Event, parse_event
 from eventlog.payloads import AnomalyDetected, AnomalyResolved

@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from alertmanager.alert_index import ALERTS_BUCKET, MAX_RECORD_BYTES, AlertIndex, Conflict
-from alertmanager.correlation import AlertMemory, GroupMemory, ServiceMemory, memory_key
+from alertmanager.memory import AlertMemory, GroupMemory, ServiceMemory, memory_key
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 GROUP = '{}:{alertname="Down"}'

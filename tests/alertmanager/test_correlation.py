@@ -9,13 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alertmanager.correlation import (
-    REFIRE_AFTER,
-    GroupMemory,
-    Plan,
-    ServiceMemory,
-    correlate,
-)
+from alertmanager.correlation import REFIRE_AFTER, Plan, correlate
+from alertmanager.memory import GroupMemory, ServiceMemory
 from alertmanager.payload import WebhookPayload
 from eventlog.envelope import Event
 from eventlog.payloads import AnomalyDetected, AnomalyResolved, AnomalyWithdrawn
