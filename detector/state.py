@@ -8,22 +8,18 @@ can delay a resolve by up to `resolve_polls` but never fires an open anomaly twi
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from detector.events import SOURCE, SeriesKey
 from detector.hysteresis import SeriesState, reopened
-from eventlog.envelope import Event, MalformedEvent, parse_event, subject_for
+from eventlog.envelope import Event, subject_for
+from eventlog.history import read_events
 from eventlog.payloads import AnomalyDetected, AnomalyPredicted, AnomalyResolved
 from eventlog.stream import EVENTS_STREAM
 
-log = logging.getLogger(__name__)
-
 ANOMALY_TYPES = ("AnomalyDetected", "AnomalyPredicted", "AnomalyResolved")
-FETCH_BATCH = 500
 
 
 def fold_open_episodes(events: Iterable[Event]) -> dict[SeriesKey, SeriesState]:
@@ -54,31 +50,6 @@ def fold_open_episodes(events: Iterable[Event]) -> dict[SeriesKey, SeriesState]:
 async def load_open_episodes(
     js: JetStreamContext, *, stream: str = EVENTS_STREAM
 ) -> dict[SeriesKey, SeriesState]:
-    """Read every anomaly event once, through a throwaway consumer, and fold it."""
-    config = ConsumerConfig(
-        filter_subjects=[subject_for("*", t) for t in ANOMALY_TYPES],
-        ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.ALL,
-        inactive_threshold=60.0,  # removed by the server if we die while reading
-        mem_storage=True,
-    )
-    info = await js.add_consumer(stream, config)
-    name = info.name
-    total = info.num_pending or 0
-    events: list[Event] = []
-    try:
-        sub = await js.pull_subscribe_bind(name, stream=stream)
-        read = 0
-        while read < total:
-            msgs = await sub.fetch(min(FETCH_BATCH, total - read), timeout=5)
-            read += len(msgs)
-            for msg in msgs:
-                try:
-                    events.append(parse_event(msg.data))
-                except MalformedEvent as exc:  # the projector dead-letters these; we skip them
-                    log.warning("skipping malformed event at seq %s: %s",
-                                msg.metadata.sequence.stream, exc.reason)  # fmt: skip
-        await sub.unsubscribe()
-    finally:
-        await js.delete_consumer(stream, name)
-    return fold_open_episodes(events)
+    """Read every anomaly event once and fold it."""
+    subjects = [subject_for("*", t) for t in ANOMALY_TYPES]
+    return fold_open_episodes(s.event for s in await read_events(js, subjects, stream=stream))

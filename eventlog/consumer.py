@@ -1,10 +1,18 @@
 """The consumer every role uses: a durable pull consumer, handled at least once.
 
 A durable name shared by several processes is a work queue: JetStream gives each message to one
-of them. A message is acked only after its handler returned (its effect is durable); while a long
-handler runs, `in_progress` keeps the message ours instead of a long ack_wait. A failing handler
-is retried up to `max_deliver` times with a back-off, then dead-lettered; a message that is not a
-valid event is dead-lettered at once. Either way the messages behind it flow on.
+of them. A message is acked only after its handler returned (its effect is durable); while it
+waits or its handler runs, `in_progress` keeps the message ours instead of a long ack_wait. A
+failing handler (or one past `handler_timeout`) is retried up to `max_deliver` times with a
+back-off, then dead-lettered; a message that is not a valid event is dead-lettered at once.
+Either way the messages behind it flow on.
+
+Each message is handled as soon as a slot is free (`concurrency`), not in fetched batches, so a
+long handler holds back no one but the events of its own incident: those are handled one after
+another, in stream order. The handler gets the stream sequence and the delivery count with the
+event, and may ask for the message again later (`RedeliverLater`: a timer that survives a
+crash, since JetStream keeps it). A new durable starts at the first event (`deliver="all"`) or
+at the next one appended (`"new"`: a new role does not redo history).
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -26,8 +36,29 @@ from eventlog.stream import EVENTS_STREAM
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Event], Awaitable[None]]
 DEAD_LETTER_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Received:
+    """One delivery: the event, its stream sequence, and how many times it was delivered (1
+    the first time)."""
+
+    event: Event
+    seq: int
+    deliveries: int
+
+
+Handler = Callable[[Received], Awaitable[None]]
+
+
+class RedeliverLater(Exception):
+    """Raised by a handler: not done, deliver this message again in `delay` seconds (counts
+    as a delivery towards `max_deliver`)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"redeliver in {delay:g}s")
+        self.delay = delay
 
 
 class ConsumerSpec(BaseModel):
@@ -42,43 +73,112 @@ class ConsumerSpec(BaseModel):
     concurrency: int = Field(default=8, ge=1)
     fetch_timeout: float = Field(default=1.0, gt=0)
     retry_backoff: float = Field(default=1.0, ge=0)
+    handler_timeout: float | None = Field(default=None, gt=0, description="seconds; a failure")
+    deliver: Literal["all", "new"] = "all"  # where a new durable starts; an old one goes on
+
+    @property
+    def window(self) -> int:
+        """Messages held at once (waiting for their incident's turn, or handled)."""
+        return self.concurrency * 4
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
             durable_name=self.durable,
             filter_subject=self.filter_subject,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL if self.deliver == "all" else DeliverPolicy.NEW,
             ack_wait=self.ack_wait,
             # Spare deliveries beyond the handler's tries: they retry recording the dead letter
             # if that failed, so a poison message is never dropped unrecorded.
             max_deliver=self.max_deliver + DEAD_LETTER_RETRIES,
-            max_ack_pending=max(1000, self.concurrency * 4),
+            max_ack_pending=max(1000, self.window),
         )
 
 
 async def consume(
-    js: JetStreamContext, spec: ConsumerSpec, handler: Handler, *, stop: asyncio.Event
+    js: JetStreamContext,
+    spec: ConsumerSpec,
+    handler: Handler,
+    *,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
 ) -> None:
-    """Handle events until `stop` is set; returns after in-flight messages are settled."""
+    """Handle events until `stop` is set; returns once the handlers running have ended (the
+    messages not begun are handed back to JetStream at once, for another replica). `ready`
+    is set once the durable exists: from then on, what is appended is for it."""
     await js.add_consumer(EVENTS_STREAM, spec.consumer_config())
     sub = await js.pull_subscribe_bind(spec.durable, stream=EVENTS_STREAM)
+    if ready is not None:
+        ready.set()
+    runner = _Runner(js, spec, handler, stop)
     try:
         while not stop.is_set():
+            room = await runner.room()
+            if room == 0:
+                continue
             try:
-                msgs = await sub.fetch(spec.concurrency, timeout=spec.fetch_timeout)
+                msgs = await sub.fetch(room, timeout=spec.fetch_timeout)
             except (TimeoutError, NatsTimeoutError):
                 continue
-            outcomes = await asyncio.gather(
-                *(_settle(js, spec, handler, m) for m in msgs), return_exceptions=True
-            )
-            for msg, outcome in zip(msgs, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    # Not acked, so JetStream redelivers it after ack_wait: nothing is lost.
-                    log.error("%s: could not settle %s: %r", spec.durable, msg.subject, outcome)
+            for msg in msgs:
+                runner.take(msg)
+        await runner.settled()
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+class _Runner:
+    """The messages held: each a task that waits for its incident's previous one, then for a
+    free slot, then settles; heartbeats keep them ours meanwhile."""
+
+    def __init__(
+        self, js: JetStreamContext, spec: ConsumerSpec, handler: Handler, stop: asyncio.Event
+    ) -> None:
+        self.js, self.spec, self.handler, self.stop = js, spec, handler, stop
+        self.slots = asyncio.Semaphore(spec.concurrency)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.last_of: dict[str, asyncio.Task[None]] = {}  # incident -> its latest message
+
+    async def room(self) -> int:
+        """How many more messages may be held; waits (or until stop) while none may."""
+        while len(self.tasks) >= self.spec.window and not self.stop.is_set():
+            stopping = asyncio.ensure_future(self.stop.wait())
+            await asyncio.wait({*self.tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+        return 0 if self.stop.is_set() else self.spec.window - len(self.tasks)
+
+    def take(self, msg: Msg) -> None:
+        incident = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else msg.subject
+        task = asyncio.create_task(self._run(msg, self.last_of.get(incident)))
+        self.last_of[incident] = task
+        self.tasks.add(task)
+        task.add_done_callback(lambda t: self._done(incident, t))
+
+    def _done(self, incident: str, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self.last_of.get(incident) is task:
+            del self.last_of[incident]
+
+    async def _run(self, msg: Msg, previous: asyncio.Task[None] | None) -> None:
+        heartbeat = asyncio.create_task(_keep_alive(msg, self.spec.ack_wait / 3))
+        try:
+            if previous is not None:
+                await asyncio.wait({previous})  # its own outcome is its own business
+            async with self.slots:
+                if self.stop.is_set():
+                    await msg.nak()  # not begun: another replica may take it now
+                    return
+                await _settle(self.js, self.spec, self.handler, msg)
+        except Exception as exc:
+            # Not acked, so JetStream redelivers it after ack_wait: nothing is lost.
+            log.error("%s: could not settle %s: %r", self.spec.durable, msg.subject, exc)
+        finally:
+            heartbeat.cancel()
+
+    async def settled(self) -> None:
+        if self.tasks:
+            await asyncio.wait(self.tasks)
 
 
 async def _settle(js: JetStreamContext, spec: ConsumerSpec, handler: Handler, msg: Msg) -> None:
@@ -87,29 +187,26 @@ async def _settle(js: JetStreamContext, spec: ConsumerSpec, handler: Handler, ms
     except MalformedEvent as exc:
         await _give_up(js, spec, msg, f"malformed event: {exc.reason}")
         return
-    if msg.metadata.num_delivered > spec.max_deliver:  # a spare delivery: only record it
+    deliveries = msg.metadata.num_delivered
+    if deliveries > spec.max_deliver:  # a spare delivery: only record it
         await _give_up(js, spec, msg, f"handler failed {spec.max_deliver} times (see the log)")
         return
-    heartbeat = asyncio.create_task(_keep_alive(msg, spec.ack_wait / 3))
     try:
-        await handler(event)
+        async with asyncio.timeout(spec.handler_timeout):
+            await handler(Received(event, msg.metadata.sequence.stream, deliveries))
+    except RedeliverLater as later:
+        await msg.nak(delay=later.delay)
+        return
     except Exception as exc:
-        deliveries = msg.metadata.num_delivered
         log.exception(
             "incident %s: %s failed on %s (delivery %d/%d)",
-            event.incident_id,
-            spec.durable,
-            event.type,
-            deliveries,
-            spec.max_deliver,
-        )
+            event.incident_id, spec.durable, event.type, deliveries, spec.max_deliver,
+        )  # fmt: skip
         if deliveries >= spec.max_deliver:
             await _give_up(js, spec, msg, f"handler failed {deliveries} times: {exc!r}")
         else:
             await msg.nak(delay=spec.retry_backoff * deliveries)
         return
-    finally:
-        heartbeat.cancel()
     await msg.ack()
 
 

@@ -16,9 +16,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from eventlog.consumer import ConsumerSpec, consume
+from eventlog.consumer import ConsumerSpec, Received, RedeliverLater, consume
 from eventlog.deadletter import DeadLetter
-from eventlog.envelope import Event
 from eventlog.publisher import EventPublisher
 from eventlog.stream import DEAD_LETTER_STREAM, EVENTS_STREAM, ensure_streams
 from tests.eventlog.samples import steps
@@ -29,11 +28,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @contextlib.asynccontextmanager
 async def consuming(
-    js: JetStreamContext, spec: ConsumerSpec, handler: Callable[[Event], Awaitable[None]]
+    js: JetStreamContext, spec: ConsumerSpec, handler: Callable[[Received], Awaitable[None]]
 ) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(consume(js, spec, handler, stop=stop))
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(consume(js, spec, handler, stop=stop, ready=ready))
     try:
+        await asyncio.wait_for(ready.wait(), 20)  # the durable exists: what comes is for it
         yield
     finally:
         stop.set()
@@ -48,8 +48,8 @@ class Recorder:
         self.ids: list[uuid.UUID] = []
         self.all_in = asyncio.Event()
 
-    async def handle(self, event: Event) -> None:
-        self.ids.append(event.id)
+    async def handle(self, received: Received) -> None:
+        self.ids.append(received.event.id)
         if len(self.ids) == self.expect:
             self.all_in.set()
 
@@ -80,7 +80,8 @@ async def test_a_poison_event_is_dead_lettered_and_the_rest_flow(js: JetStreamCo
     handled: set[uuid.UUID] = set()
     rest_done = asyncio.Event()
 
-    async def handle(event: Event) -> None:
+    async def handle(received: Received) -> None:
+        event = received.event
         attempts.append(event.id)
         if event.id == poison.id:
             raise RuntimeError("cannot handle this one")
@@ -122,7 +123,7 @@ async def test_long_work_keeps_its_message_with_in_progress(js: JetStreamContext
     deliveries = 0
     finished = asyncio.Event()
 
-    async def slow(event: Event) -> None:
+    async def slow(received: Received) -> None:
         nonlocal deliveries
         deliveries += 1
         await asyncio.sleep(3.5)  # the work itself: longer than ack_wait
@@ -201,7 +202,7 @@ async def test_a_dead_letter_that_cannot_be_recorded_is_retried_not_dropped(
     await js.delete_stream(DEAD_LETTER_STREAM)
     calls = 0
 
-    async def always_fails(event: Event) -> None:
+    async def always_fails(received: Received) -> None:
         nonlocal calls
         calls += 1
         raise RuntimeError("poison")
@@ -220,3 +221,100 @@ async def test_a_dead_letter_that_cannot_be_recorded_is_retried_not_dropped(
     assert calls == 2  # spare deliveries do not run the handler again
     assert letter.consumer == "t-norecord"
     assert letter.deliveries > 2
+
+
+async def test_a_long_handler_holds_back_only_its_own_incident(js: JetStreamContext) -> None:
+    """A's first event waits (a long investigation turn); every event of B is handled
+    meanwhile, and A's second event only after A's first."""
+    release = asyncio.Event()
+    order: list[str] = []
+    b_done = asyncio.Event()
+    a_events, b_events = steps(2, "inc-a"), steps(10, "inc-b")
+
+    async def handle(received: Received) -> None:
+        event = received.event
+        if event.id == a_events[0].id:
+            await release.wait()
+        order.append(f"{event.incident_id}:{event.id}")
+        if sum(o.startswith("inc-b") for o in order) == len(b_events):
+            b_done.set()
+
+    spec = ConsumerSpec(durable="t-long", filter_subject="vigil.evt.>", concurrency=2)
+    async with consuming(js, spec, handle):
+        await EventPublisher(js).publish_many([*a_events, *b_events])
+        await asyncio.wait_for(b_done.wait(), 20)  # all of B, while A's first still runs
+        assert not any(o.startswith("inc-a") for o in order)
+        release.set()
+        async with asyncio.timeout(20):
+            while len(order) < 12:  # noqa: ASYNC110  (A's two: nothing else to await)
+                await asyncio.sleep(0.01)
+    assert [o for o in order if o.startswith("inc-a")] == [f"inc-a:{e.id}" for e in a_events]
+
+
+async def test_one_incidents_events_are_handled_in_stream_order(js: JetStreamContext) -> None:
+    """Handlers of varying length, many incidents interleaved: within each, stream order."""
+    events = [e for i in range(30) for e in steps(1, f"inc-{i % 3}")]
+    seen: dict[str, list[int]] = {}
+    done = Recorder(expect=len(events))
+
+    async def handle(received: Received) -> None:
+        await asyncio.sleep((received.seq * 7 % 5) / 100)  # uneven work, not synchronisation
+        seen.setdefault(received.event.incident_id, []).append(received.seq)
+        await done.handle(received)
+
+    spec = ConsumerSpec(durable="t-order", filter_subject="vigil.evt.>", concurrency=8)
+    async with consuming(js, spec, handle):
+        acks = await EventPublisher(js).publish_many(events)
+        await asyncio.wait_for(done.all_in.wait(), 20)
+    assert all(seqs == sorted(seqs) for seqs in seen.values())
+    assert sorted(s for seqs in seen.values() for s in seqs) == [a.seq for a in acks]
+
+
+async def test_a_handler_gets_the_sequence_and_can_ask_for_the_message_later(
+    js: JetStreamContext,
+) -> None:
+    """The timer a responder needs: `RedeliverLater` hands the message back to JetStream,
+    which delivers it again after the delay (it would after a crash, too)."""
+    (event,) = steps(1)
+    deliveries: list[tuple[int, int]] = []
+    again = asyncio.Event()
+
+    async def handle(received: Received) -> None:
+        deliveries.append((received.seq, received.deliveries))
+        if received.deliveries == 1:
+            raise RedeliverLater(0.3)
+        again.set()
+
+    spec = ConsumerSpec(durable="t-later", filter_subject="vigil.evt.>")
+    async with consuming(js, spec, handle):
+        (ack,) = await EventPublisher(js).publish_many([event])
+        await asyncio.wait_for(again.wait(), 20)
+    assert deliveries == [(ack.seq, 1), (ack.seq, 2)]
+
+
+async def test_a_handler_past_its_timeout_fails_and_is_dead_lettered(
+    js: JetStreamContext,
+) -> None:
+    (event,) = steps(1)
+
+    async def never_returns(received: Received) -> None:
+        await asyncio.Event().wait()
+
+    spec = ConsumerSpec(durable="t-hangs", filter_subject="vigil.evt.>", max_deliver=2,
+                        handler_timeout=0.2, retry_backoff=0.1)  # fmt: skip
+    async with consuming(js, spec, never_returns):
+        await EventPublisher(js).publish_many([event])
+        dead = await next_dead_letter(js)
+    assert dead.consumer == "t-hangs" and "TimeoutError" in dead.reason
+
+
+async def test_a_new_durable_can_start_at_the_next_event(js: JetStreamContext) -> None:
+    """A responder added to a Vigil with history investigates what comes, not the past."""
+    old, new = steps(5, "old"), steps(3, "new")
+    await EventPublisher(js).publish_many(old)
+    seen = Recorder(expect=len(new))
+    spec = ConsumerSpec(durable="t-new", filter_subject="vigil.evt.>", deliver="new")
+    async with consuming(js, spec, seen.handle):
+        await EventPublisher(js).publish_many(new)
+        await asyncio.wait_for(seen.all_in.wait(), 20)
+    assert seen.ids == [e.id for e in new]

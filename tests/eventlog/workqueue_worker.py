@@ -9,8 +9,7 @@ import asyncio
 import signal
 import sys
 
-from eventlog.consumer import ConsumerSpec, consume
-from eventlog.envelope import Event
+from eventlog.consumer import ConsumerSpec, Received, consume
 from eventlog.stream import connect
 
 
@@ -20,7 +19,8 @@ async def main(url: str, name: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
 
-    async def handle(event: Event) -> None:
+    async def handle(received: Received) -> None:
+        event = received.event
         await asyncio.sleep(0.005)  # stands for real work, so both workers get a share
         await nc.publish(f"test.handled.{name}", str(event.id).encode())
 
