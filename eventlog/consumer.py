@@ -9,9 +9,10 @@ Either way the messages behind it flow on.
 
 Each message is handled as soon as a slot is free (`concurrency`), not in fetched batches, so a
 long handler holds back no one but the events of its own incident: those are handled one after
-another, in stream order. The handler gets the stream sequence and the delivery count with the
-event, and may ask for the message again later (`RedeliverLater`: a timer that survives a
-crash, since JetStream keeps it). A new durable starts at the first event (`deliver="all"`) or
+another, in stream order (unless `in_incident_order` is off: tool calls run side by side).
+The handler gets the stream sequence and the delivery count with the event, and may ask for
+the message again later (`RedeliverLater`: a timer that survives a crash, since JetStream
+keeps it). A new durable starts at the first event (`deliver="all"`) or
 at the next one appended (`"new"`: a new role does not redo history).
 """
 
@@ -75,6 +76,9 @@ class ConsumerSpec(BaseModel):
     retry_backoff: float = Field(default=1.0, ge=0)
     handler_timeout: float | None = Field(default=None, gt=0, description="seconds; a failure")
     deliver: Literal["all", "new"] = "all"  # where a new durable starts; an old one goes on
+    # One incident's events one after another, in stream order (an investigation, a saga);
+    # off for independent work such as tool calls, which are to run at the same time.
+    in_incident_order: bool = True
 
     @property
     def window(self) -> int:
@@ -149,7 +153,10 @@ class _Runner:
         return 0 if self.stop.is_set() else self.spec.window - len(self.tasks)
 
     def take(self, msg: Msg) -> None:
-        incident = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else msg.subject
+        if not self.spec.in_incident_order:
+            incident = str(msg.metadata.sequence.stream)  # each message on its own
+        else:
+            incident = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else msg.subject
         task = asyncio.create_task(self._run(msg, self.last_of.get(incident)))
         self.last_of[incident] = task
         self.tasks.add(task)

@@ -2,7 +2,7 @@
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from eventlog.payloads.base import Payload
 
@@ -34,6 +34,9 @@ class ToolRequested(Payload):
     args: JsonObject = Field(default_factory=dict)
     turn: int = Field(default=0, ge=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
+    now: AwareDatetime | None = Field(
+        default=None, description="the investigation's time: the tool looks at nothing later"
+    )
 
 
 class ToolCompleted(Payload):

@@ -1,0 +1,137 @@
+"""`prometheus_query` and `prometheus_range`: PromQL at, and up to, the investigation's time.
+
+Results are summarised for a model, never raw samples: an instant query gives the top series
+by value; a range query gives each series' statistics before and after the onset, and the
+series that moved most. Prometheus's HTTP API (`/api/v1/query`, `/api/v1/query_range`)
+through httpx; a query error is the tool's failure, with Prometheus's own message.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from responder.tools import Tool, ToolContext
+
+TOP_SERIES = 10
+HTTP_TIMEOUT = 20.0
+
+
+class PrometheusFailed(RuntimeError):
+    """Prometheus is not configured, not reachable, or refused the query (its message)."""
+
+
+class QueryArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=4000, description="PromQL")
+
+
+class RangeArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=4000, description="PromQL")
+    onset: AwareDatetime | None = Field(default=None, description="when it began; default now")
+    before_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
+    step_seconds: float = Field(default=60.0, ge=1, le=3600)
+
+
+async def _api(ctx: ToolContext, path: str, params: dict[str, str]) -> Any:
+    if not ctx.prometheus_url:
+        raise PrometheusFailed("no Prometheus configured (VIGIL_PROMETHEUS_URL)")
+    try:
+        async with httpx.AsyncClient(base_url=ctx.prometheus_url, timeout=HTTP_TIMEOUT) as c:
+            answer = await c.get(path, params=params)
+    except httpx.HTTPError as exc:
+        raise PrometheusFailed(f"Prometheus unreachable: {type(exc).__name__}: {exc}") from None
+    try:
+        body = answer.json()
+    except ValueError:
+        raise PrometheusFailed(f"Prometheus answered {answer.status_code}, not JSON") from None
+    if body.get("status") != "success":
+        raise PrometheusFailed(f"{body.get('errorType', 'error')}: {body.get('error', body)}")
+    return body["data"]
+
+
+def _value(raw: str) -> float | None:
+    value = float(raw)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+async def prometheus_query(ctx: ToolContext, args: QueryArgs) -> dict[str, Any]:
+    """The query at `now`: the TOP_SERIES series by value, and how many there were."""
+    data = await _api(ctx, "/api/v1/query", {"query": args.query, "time": _ts(ctx.now)})
+    if data["resultType"] == "scalar":
+        return {"at": ctx.now.isoformat(), "scalar": _value(data["result"][1])}
+    series = [(s["metric"], _value(s["value"][1])) for s in data["result"]]
+    series.sort(key=lambda s: -math.inf if s[1] is None else s[1], reverse=True)
+    return {
+        "at": ctx.now.isoformat(),
+        "series": [{"labels": labels, "value": v} for labels, v in series[:TOP_SERIES]],
+        "total_series": len(series),
+    }
+
+
+async def prometheus_range(ctx: ToolContext, args: RangeArgs) -> dict[str, Any]:
+    """Per series, statistics before the onset and from it up to `now` (the onset is `now`
+    by default: then "after" is empty); the TOP_SERIES that changed most, by relative change
+    of their means."""
+    onset = min(args.onset or ctx.now, ctx.now)
+    start = onset - timedelta(minutes=args.before_minutes)
+    params = {"query": args.query, "start": _ts(start), "end": _ts(ctx.now),
+              "step": f"{args.step_seconds:g}s"}  # fmt: skip
+    data = await _api(ctx, "/api/v1/query_range", params)
+    summaries = [_summary(s["metric"], s["values"], onset) for s in data["result"]]
+    summaries.sort(key=lambda s: abs(s["change"]) if s["change"] is not None else -1, reverse=True)
+    return {
+        "from": start.isoformat(), "onset": onset.isoformat(), "to": ctx.now.isoformat(),
+        "series": summaries[:TOP_SERIES], "total_series": len(summaries),
+    }  # fmt: skip
+
+
+def _summary(labels: dict[str, str], values: list[list[Any]], onset: datetime) -> dict[str, Any]:
+    cut = onset.timestamp()
+    before = [v for t, raw in values if float(t) < cut and (v := _value(raw)) is not None]
+    after = [v for t, raw in values if float(t) >= cut and (v := _value(raw)) is not None]
+    mean_before = statistics.fmean(before) if before else None
+    mean_after = statistics.fmean(after) if after else None
+    change = None
+    if mean_before is not None and mean_after is not None:
+        change = (mean_after - mean_before) / abs(mean_before) if mean_before else math.inf
+    return {
+        "labels": labels,
+        "before": _stats(before),
+        "after": _stats(after),
+        "change": None if change is None or math.isinf(change) else round(change, 4),
+    }
+
+
+def _stats(values: list[float]) -> dict[str, float | int] | None:
+    if not values:
+        return None
+    return {"n": len(values), "mean": round(statistics.fmean(values), 6),
+            "min": min(values), "max": max(values), "last": values[-1]}  # fmt: skip
+
+
+def _ts(at: datetime) -> str:
+    return f"{at.timestamp():.3f}"
+
+
+PROMETHEUS_QUERY = Tool(
+    name="prometheus_query",
+    description="A PromQL instant query at the investigation's time: the top series by value.",
+    args=QueryArgs,
+    run=prometheus_query,
+)
+PROMETHEUS_RANGE = Tool(
+    name="prometheus_range",
+    description="A PromQL range query around the onset: each series' statistics before and "
+    "after it, the series that changed most first.",
+    args=RangeArgs,
+    run=prometheus_range,
+)

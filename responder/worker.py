@@ -1,0 +1,134 @@
+"""The tool workers: a shared durable consumer of `*.ToolRequested` that runs each tool and
+appends `ToolCompleted` or `ToolFailed` (with `duration_ms`).
+
+Requests are handled as soon as a slot frees, so the calls of one model turn run at the same
+time across every worker of the pool. The outcome's event id is derived from the tool call, so
+a request delivered again (a worker killed before its ack) records one outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from eventlog.consumer import ConsumerSpec, Received, consume
+from eventlog.envelope import new_event, subject_for
+from eventlog.payloads import ToolCompleted, ToolFailed, ToolRequested
+from eventlog.publisher import EventPublisher
+from responder.tools import ToolContext, ToolRegistry, UnknownTool
+
+log = logging.getLogger(__name__)
+SOURCE = "worker"
+DURABLE = "tool-workers"
+OUTCOME_NAMESPACE = uuid.UUID("0f3a4b52-7d1e-4c0a-9b8f-1e2d3c4b5a69")
+MAX_RESULT_BYTES = 64 * 1024  # a result is for a model to read: a summary, never raw data
+
+
+class BadArguments(ValueError):
+    """The arguments do not fit the tool's model; the message names the field."""
+
+
+def worker_spec(concurrency: int = 16) -> ConsumerSpec:
+    """Starts at the next request: a new pool does not run an old investigation's tools."""
+    return ConsumerSpec(
+        durable=DURABLE,
+        filter_subject=subject_for("*", "ToolRequested"),
+        concurrency=concurrency,
+        deliver="new",
+        in_incident_order=False,  # one turn's calls run at the same time
+    )
+
+
+async def run_workers(
+    js: JetStreamContext,
+    registry: ToolRegistry,
+    stop: asyncio.Event,
+    *,
+    prometheus_url: str | None = None,
+    concurrency: int = 16,
+    ready: asyncio.Event | None = None,
+) -> None:
+    publisher = EventPublisher(js)
+
+    async def handle(received: Received) -> None:
+        await run_request(received, registry, publisher, js, prometheus_url=prometheus_url)
+
+    await consume(js, worker_spec(concurrency), handle, stop=stop, ready=ready)
+
+
+async def run_request(
+    received: Received,
+    registry: ToolRegistry,
+    publisher: EventPublisher,
+    js: JetStreamContext,
+    *,
+    prometheus_url: str | None = None,
+) -> None:
+    """Run one ToolRequested and append its outcome (raises only what publishing raised)."""
+    request = received.event.data
+    assert isinstance(request, ToolRequested)
+    started = time.monotonic()
+    outcome: ToolCompleted | ToolFailed
+    try:
+        result = await _run(received, request, registry, js, prometheus_url)
+        outcome = ToolCompleted(tool_call_id=request.tool_call_id, tool_name=request.tool_name,
+                                result=result, duration_ms=_ms(started))  # fmt: skip
+    except TimeoutError:
+        outcome = ToolFailed(tool_call_id=request.tool_call_id, tool_name=request.tool_name,
+                             error=f"no answer within {request.timeout_seconds:g}s",
+                             timed_out=True, duration_ms=_ms(started))  # fmt: skip
+    except Exception as exc:  # the tool's own failure is the fact to record, not ours
+        outcome = ToolFailed(tool_call_id=request.tool_call_id, tool_name=request.tool_name,
+                             error=_reason(exc), duration_ms=_ms(started))  # fmt: skip
+    incident = received.event.incident_id
+    event_id = uuid.uuid5(OUTCOME_NAMESPACE, f"{incident}|{request.tool_call_id}")
+    outcome_event = new_event(
+        outcome, incident_id=incident, source=SOURCE, event_id=event_id, caused_by=received.event
+    )
+    await publisher.publish(outcome_event)
+
+
+async def _run(
+    received: Received,
+    request: ToolRequested,
+    registry: ToolRegistry,
+    js: JetStreamContext,
+    prometheus_url: str | None,
+) -> Any:
+    tool = registry.get(request.tool_name)
+    try:
+        args = tool.args.model_validate(request.args)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "args"
+        raise BadArguments(f"bad arguments for {tool.name}: {where}: {first['msg']}") from None
+    context = ToolContext(
+        incident_id=received.event.incident_id,
+        now=request.now or datetime.now(UTC),
+        js=js,
+        prometheus_url=prometheus_url,
+    )
+    async with asyncio.timeout(request.timeout_seconds):
+        result = await tool.run(context, args)
+    size = len(orjson.dumps(result, default=str))
+    if size > MAX_RESULT_BYTES:
+        raise ValueError(f"{tool.name} returned {size} bytes; a result may take {MAX_RESULT_BYTES}")
+    return orjson.loads(orjson.dumps(result, default=str))
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnknownTool | BadArguments):
+        return str(exc)  # says it all: no class name to read past
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,217 @@
+"""The tool workers on a real nats-server and a real Prometheus: requests in, outcomes out,
+tools in parallel, failures recorded as facts, nothing looked at past the investigation's now."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import BaseModel
+
+from eventlog.envelope import Event, new_event, parse_event
+from eventlog.payloads import ChangeRecorded, ToolCompleted, ToolFailed, ToolRequested
+from eventlog.publisher import EventPublisher
+from responder.tools import Tool, ToolContext, ToolRegistry, default_tools
+from responder.worker import run_workers
+from tests.detector import history
+from tests.detector.prometheus_server import PrometheusServer
+from tests.eventlog.stream_reading import stream_events
+
+SPIKE = history.minute(history.SPIKE_FROM)  # checkout latency is 2 s for five minutes from here
+
+
+class Outcomes:
+    """ToolCompleted / ToolFailed as they are appended, by tool call id."""
+
+    def __init__(self) -> None:
+        self.by_call: dict[str, Event] = {}
+        self._changed = asyncio.Event()
+
+    async def on_message(self, msg: Msg) -> None:
+        event = parse_event(msg.data)
+        if isinstance(event.data, ToolCompleted | ToolFailed):
+            self.by_call[event.data.tool_call_id] = event
+            self._changed.set()
+
+    async def of(self, *calls: str) -> list[Any]:
+        async with asyncio.timeout(20):
+            while not all(c in self.by_call for c in calls):
+                self._changed.clear()
+                await self._changed.wait()
+        return [self.by_call[c].data for c in calls]
+
+
+@pytest.fixture
+async def outcomes(js: JetStreamContext) -> AsyncIterator[Outcomes]:
+    watch = Outcomes()
+    sub = await js.subscribe("vigil.evt.>", cb=watch.on_message, ordered_consumer=True)
+    yield watch
+    await sub.unsubscribe()
+
+
+async def workers(
+    js: JetStreamContext, registry: ToolRegistry, prometheus_url: str | None = None
+) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        run_workers(js, registry, stop, prometheus_url=prometheus_url, ready=ready)
+    )
+    await asyncio.wait_for(ready.wait(), 20)
+    return stop, task
+
+
+async def request(js: JetStreamContext, call: str, tool: str, **fields: Any) -> Event:
+    fields.setdefault("now", SPIKE + timedelta(minutes=6))
+    event = new_event(ToolRequested(tool_call_id=call, tool_name=tool, **fields),
+                      incident_id="inc-1", source="test")  # fmt: skip
+    await EventPublisher(js).publish(event)
+    return event
+
+
+async def test_prometheus_tools_summarise_around_the_onset_and_never_look_past_now(
+    js: JetStreamContext, outcomes: Outcomes, prometheus: PrometheusServer
+) -> None:
+    stop, task = await workers(js, default_tools(), prometheus.url)
+    try:
+        latency = "app_latency_seconds"
+        await request(js, "range", "prometheus_range",
+                      args={"query": latency, "onset": SPIKE.isoformat()})  # fmt: skip
+        await request(js, "now", "prometheus_query", args={"query": latency},
+                      now=SPIKE + timedelta(minutes=2))  # fmt: skip
+        await request(js, "before", "prometheus_query", args={"query": latency},
+                      now=SPIKE - timedelta(minutes=2))  # fmt: skip
+        ranged, during, before = await outcomes.of("range", "now", "before")
+    finally:
+        stop.set()
+        await task
+    assert isinstance(ranged, ToolCompleted), ranged
+    top = ranged.result["series"][0]
+    assert top["labels"] == {"__name__": latency, "service": "checkout"}
+    assert top["before"]["max"] < 0.25 and top["after"]["max"] == 2.0 and top["change"] > 3
+    assert ranged.result["total_series"] == 2 and ranged.duration_ms > 0
+    assert isinstance(during, ToolCompleted) and isinstance(before, ToolCompleted)
+    assert during.result["series"][0]["value"] == 2.0  # the spike, at its now
+    assert before.result["series"][0]["value"] < 0.35  # no spike: it has not happened yet
+
+
+async def test_failures_are_recorded_with_their_reason(
+    js: JetStreamContext, outcomes: Outcomes, prometheus: PrometheusServer
+) -> None:
+    stop, task = await workers(js, default_tools(), prometheus.url)
+    try:
+        await request(js, "bad-promql", "prometheus_query", args={"query": "rate(x[5m]"})
+        await request(js, "bad-args", "prometheus_query", args={"q": "up"})
+        await request(js, "unknown", "kubectl_delete", args={})
+        bad_promql, bad_args, unknown = await outcomes.of("bad-promql", "bad-args", "unknown")
+    finally:
+        stop.set()
+        await task
+    assert isinstance(bad_promql, ToolFailed) and "bad_data" in bad_promql.error
+    assert isinstance(bad_args, ToolFailed)
+    assert bad_args.error.startswith("bad arguments for prometheus_query: query: Field required")
+    assert isinstance(unknown, ToolFailed) and "no tool named 'kubectl_delete'" in unknown.error
+
+
+class Nothing(BaseModel):
+    pass
+
+
+async def test_one_turns_calls_run_at_once_and_a_hung_tool_times_out(
+    js: JetStreamContext, outcomes: Outcomes
+) -> None:
+    running, most = 0, 0
+
+    async def slow(ctx: ToolContext, args: Nothing) -> dict[str, int]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(1)  # the tool's work, not synchronisation
+        running -= 1
+        return {"done": 1}
+
+    async def hangs(ctx: ToolContext, args: Nothing) -> None:
+        await asyncio.Event().wait()
+
+    registry = ToolRegistry()
+    registry.register(Tool("slow", "takes a second", Nothing, slow))
+    registry.register(Tool("hangs", "never answers", Nothing, hangs))
+    stop, task = await workers(js, registry)
+    try:
+        calls = [f"c{i}" for i in range(8)]
+        for call in calls:
+            await request(js, call, "slow")
+        await request(js, "hung", "hangs", timeout_seconds=0.3)
+        done = await outcomes.of(*calls, "hung")
+    finally:
+        stop.set()
+        await task
+    assert all(isinstance(d, ToolCompleted) for d in done[:-1])
+    assert most == 8  # all eight at the same time
+    hung = done[-1]
+    assert isinstance(hung, ToolFailed) and hung.timed_out and "0.3s" in hung.error
+
+
+async def test_recent_changes_are_the_ones_before_now(
+    js: JetStreamContext, outcomes: Outcomes
+) -> None:
+    now = SPIKE
+    changes = [
+        ChangeRecorded(service="checkout", kind="deploy", description="v42",
+                       changed_at=now - timedelta(minutes=10)),
+        ChangeRecorded(service="search", kind="config", changed_at=now - timedelta(hours=1)),
+        ChangeRecorded(service="checkout", kind="deploy", description="after now",
+                       changed_at=now + timedelta(minutes=1)),
+        ChangeRecorded(service="checkout", kind="deploy", description="too old",
+                       changed_at=now - timedelta(days=3)),
+    ]  # fmt: skip
+    await EventPublisher(js).publish_many(
+        [new_event(c, incident_id=f"change-{i}", source="test") for i, c in enumerate(changes)]
+    )
+    stop, task = await workers(js, default_tools())
+    try:
+        await request(js, "all", "recent_changes", args={}, now=now)
+        await request(js, "mine", "recent_changes", args={"service": "checkout"}, now=now)
+        every, mine = await outcomes.of("all", "mine")
+    finally:
+        stop.set()
+        await task
+    assert isinstance(every, ToolCompleted) and isinstance(mine, ToolCompleted)
+    assert [c["description"] for c in every.result["changes"]] == ["v42", ""]
+    assert mine.result == {
+        "changes": [{"service": "checkout", "kind": "deploy", "description": "v42",
+                     "at": (now - timedelta(minutes=10)).isoformat(),
+                     "minutes_before_now": 10.0, "ref": None}],
+        "total": 1,
+    }  # fmt: skip
+
+
+async def test_a_request_handled_twice_has_one_outcome(
+    js: JetStreamContext, outcomes: Outcomes
+) -> None:
+    """A worker killed before its ack: the request is handled again, and its outcome is the
+    same event (its id derived from the tool call), which JetStream drops."""
+    registry, runs, twice = ToolRegistry(), [], asyncio.Event()
+
+    async def instant(ctx: ToolContext, args: Nothing) -> int:
+        runs.append(1)
+        if len(runs) == 2:
+            twice.set()
+        return 1
+
+    registry.register(Tool("instant", "answers at once", Nothing, instant))
+    stop, task = await workers(js, registry)
+    try:
+        for _ in range(2):  # the same call twice (two messages, as a redelivery would be)
+            await request(js, "once", "instant")
+        await asyncio.wait_for(twice.wait(), 20)
+        await outcomes.of("once")
+    finally:
+        stop.set()
+        await task  # both outcomes published: the consumer returns once its handlers ended
+    stored = [e for e in await stream_events(js) if e.type == "ToolCompleted"]
+    assert len(runs) == 2 and len(stored) == 1
