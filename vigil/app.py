@@ -30,6 +30,8 @@ from eventlog.publisher import EventPublisher
 from eventlog.sql_service import serve_sql, sql_subject
 from eventlog.store import ProjectionStore
 from eventlog.stream import connect, ensure_streams
+from responder.tools import default_tools
+from responder.worker import run_workers
 from vigil.broker import EmbeddedNats, die_with_parent
 from vigil.http_protocol import BoundedHeadersProtocol
 from vigil.runtime import clear_runtime, write_runtime
@@ -312,6 +314,25 @@ async def run_detector_role(
     async with bus(settings, url, "vigil-detector") as nc:
         on_ready()
         await run_detector(nc.jetstream(), settings.prometheus_url, rules, stop)
+
+
+async def run_worker_role(
+    settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
+) -> None:
+    """The tool workers: run what investigations ask for, record the outcomes."""
+    async with bus(settings, url, "vigil-worker") as nc:
+        ready = asyncio.Event()
+        working = asyncio.create_task(
+            run_workers(nc.jetstream(), default_tools(), stop, ready=ready,
+                        prometheus_url=settings.prometheus_url,
+                        concurrency=settings.worker_concurrency)
+        )  # fmt: skip
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait({working, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if ready.is_set():
+            on_ready()
+        await working
 
 
 async def serve_http(

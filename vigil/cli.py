@@ -44,6 +44,7 @@ from vigil.app import (
     run_detector_role,
     run_projector,
     run_projector_process,
+    run_worker_role,
     serve_http,
     stop_on_signals,
 )
@@ -152,6 +153,28 @@ def up_roles(
     if embedded:
         roles.append(Role("nats", lambda ready: embedded.serve(stop, on_ready=ready)))
     return roles
+
+
+@app.command()
+def worker() -> None:
+    """Run the tool workers alone against VIGIL_NATS_URL (several processes share the work)."""
+    cfg = settings()
+    if not cfg.nats_url:
+        raise CliError("VIGIL_NATS_URL is required: the workers join an existing NATS")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        assert cfg.nats_url
+        where = cfg.prometheus_url or "no Prometheus (VIGIL_PROMETHEUS_URL unset)"
+        await run_worker_role(
+            cfg, cfg.nats_url, stop,
+            on_ready=lambda: console.print(
+                f"working: {cfg.worker_concurrency} tool calls at once; querying {where}"
+            ),
+        )  # fmt: skip
+
+    run(main())
 
 
 @app.command()

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     projector_batch: int = Field(default=2000, ge=1, le=10_000)
     sql_timeout_seconds: float = Field(default=30.0, gt=0)
     sql_max_rows: int = Field(default=10_000, ge=1)
+    worker_concurrency: int = Field(
+        default=16, ge=1, le=1024, description="tool calls one worker process runs at once"
+    )
 
     @field_validator("nats_url")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -16,7 +17,10 @@ from typing import Any
 
 import duckdb
 import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from vigil_cli_support import (
+    VIGIL,
     Done,
     StartUp,
     VigilUp,
@@ -27,8 +31,9 @@ from vigil_cli_support import (
     wait_projected,
 )
 
-from eventlog.envelope import Event, new_event
-from eventlog.payloads import AnomalyDetected
+from eventlog.envelope import Event, new_event, parse_event
+from eventlog.payloads import AnomalyDetected, ToolCompleted, ToolRequested
+from eventlog.publisher import EventPublisher
 from eventlog.store import ProjectionStore
 from vigil.broker import EmbeddedNats
 from vigil.demo import demo_incident
@@ -490,3 +495,44 @@ async def test_up_stops_with_one_line_when_its_projector_cannot_start(tmp_path: 
     done = await run_vigil("up", env=vigil_env(data), timeout=30)
     line = one_line_error(done, "vigil: the projector did not start: ")
     assert f"cannot open {data / 'vigil.duckdb'}" in line and "Is a directory" in line, line
+
+
+async def test_worker_needs_a_nats_url(tmp_path: Path) -> None:
+    done = await run_vigil("worker", env=vigil_env(tmp_path))
+    one_line_error(done, "VIGIL_NATS_URL is required")
+
+
+async def test_worker_runs_what_is_requested_and_stops_on_sigterm(
+    js: JetStreamContext, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        VIGIL, "worker", env=vigil_env(tmp_path, nats_url=nats_server.url),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    errors = asyncio.create_task(proc.stderr.read())  # read to the end: the pipe never fills
+    completed: asyncio.Future[ToolCompleted] = asyncio.get_running_loop().create_future()
+
+    async def on_message(msg: Msg) -> None:
+        event = parse_event(msg.data)
+        if isinstance(event.data, ToolCompleted) and not completed.done():
+            completed.set_result(event.data)
+
+    sub = await js.subscribe("vigil.evt.>", cb=on_message, ordered_consumer=True)
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line.decode().startswith("working: 16 tool calls at once"), line
+        asked = ToolRequested(tool_call_id="c1", tool_name="recent_changes",
+                              now=datetime.now(UTC))  # fmt: skip
+        await EventPublisher(js).publish(new_event(asked, incident_id="inc-1", source="test"))
+        done = await asyncio.wait_for(completed, 20)
+        assert done.tool_call_id == "c1" and done.result == {"changes": [], "total": 0}
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        await sub.unsubscribe()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await errors
