@@ -65,6 +65,8 @@ class IncidentRow:
     event_count: int = 0
     last_event_at: datetime | None = None
     last_seq: int = 0
+    # When each of `firing` began (same order); None where folded before Vigil kept it.
+    firing_since: tuple[datetime | None, ...] | None = ()
 
 
 def _advance(state: dict[str, Any], status: str) -> None:
@@ -124,12 +126,10 @@ def _apply_incident(s: dict[str, Any], event: Event, seq: int) -> None:
         s["severity"] = _worse(s["severity"], data.severity)
         if not getattr(data, "returned", False):  # listed again after a silence: same anomaly
             s["anomalies"] += 1
-    if isinstance(data, AnomalyDetected) and data.fingerprint not in s["firing"]:
-        s["firing"] = (*s["firing"], data.fingerprint)
-        if s["status"] == "resolved":  # it fired again: the incident is open again
-            s.update(status="open", resolved_at=None, resolution=None)
+    if isinstance(data, AnomalyDetected):
+        _fires(s, data.fingerprint, data.starts_at)
     elif isinstance(data, AnomalyResolved | AnomalyWithdrawn):
-        s["firing"] = tuple(f for f in s["firing"] if f != data.fingerprint)
+        _ends(s, data.fingerprint, data.starts_at)
     elif isinstance(data, InvestigationStarted):
         _advance(s, "investigating")
     elif isinstance(data, ToolRequested):
@@ -145,6 +145,40 @@ def _apply_incident(s: dict[str, Any], event: Event, seq: int) -> None:
         s.update(acknowledged_at=event.occurred_at, acknowledged_by=data.by)
     elif isinstance(data, IncidentResolved):
         s.update(status="resolved", resolved_at=event.occurred_at, resolution=data.how)
+
+
+def _since(s: dict[str, Any]) -> list[datetime | None]:
+    """When each firing fingerprint began (None: folded before Vigil kept it, so any end of
+    the series ends it, as it always did)."""
+    since = s["firing_since"]
+    if since is None or len(since) != len(s["firing"]):
+        return [None] * len(s["firing"])
+    return list(since)
+
+
+def _fires(s: dict[str, Any], fingerprint: str, starts_at: datetime) -> None:
+    firing, since = list(s["firing"]), _since(s)
+    if fingerprint in firing:  # the newest firing of a series is the one that counts
+        i = firing.index(fingerprint)
+        since[i] = max(since[i] or starts_at, starts_at)
+    else:
+        firing.append(fingerprint)
+        since.append(starts_at)
+        if s["status"] == "resolved":  # it fired again: the incident is open again
+            s.update(status="open", resolved_at=None, resolution=None)
+    s["firing"], s["firing_since"] = tuple(firing), tuple(since)
+
+
+def _ends(s: dict[str, Any], fingerprint: str, starts_at: datetime) -> None:
+    """The firing that began at `starts_at` ended: a newer one of the series goes on firing."""
+    firing, since = list(s["firing"]), _since(s)
+    if fingerprint not in firing:
+        return
+    i = firing.index(fingerprint)
+    if since[i] is not None and since[i] > starts_at:
+        return  # an older firing's end, told after the newer one began
+    del firing[i], since[i]
+    s["firing"], s["firing_since"] = tuple(firing), tuple(since)
 
 
 @dataclass(frozen=True, slots=True)

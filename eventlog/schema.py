@@ -106,8 +106,17 @@ CREATE OR REPLACE VIEW noisiest_alerts AS
 READ_MODEL_TABLES = ("events", "incidents", "tool_calls", "saga_steps", "dead_letters")
 
 
+# Columns added since a file's tables were first made (a file of an older Vigil gets them).
+ADDED_COLUMNS = """
+-- when each of `firing` began, in the same order: an ending (a resolution, a withdrawal) of
+-- an older firing of the same fingerprint leaves a newer one firing, whatever their order
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS firing_since TIMESTAMPTZ[];
+"""
+
+
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(TABLES)
+    con.execute(ADDED_COLUMNS)
     con.execute(
         "INSERT OR IGNORE INTO projector_meta VALUES ('db_id', replace(uuid()::VARCHAR, '-', ''))"
     )

@@ -9,6 +9,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -149,6 +150,45 @@ async def test_withdrawn_alerts_leave_firing_and_endings_alone_open_no_incident(
     async with projecting(js, db_path) as projector:
         await projector.wait_for(acks[-1].seq)
     assert rows(db_path, "SELECT firing, anomalies FROM incidents") == [(["b", "a"], 2)]
+
+
+async def test_the_end_of_an_older_firing_leaves_the_newer_one_firing(
+    js: JetStreamContext, db_path: Path
+) -> None:
+    """A retry can append the withdrawal of a series' old firing after its new firing: the
+    read model must not take the new one for ended."""
+    later = T0 + timedelta(hours=3)
+    new = AnomalyDetected(origin="alertmanager", name="HighLatency", fingerprint="a",
+                          starts_at=later, service="api")  # fmt: skip
+    old_ended = AnomalyWithdrawn(origin="alertmanager", fingerprint="a", starts_at=T0)
+    new_ended = AnomalyResolved(origin="alertmanager", name="HighLatency", fingerprint="a",
+                                starts_at=later, ends_at=later)  # fmt: skip
+    story = [fired("a", 0), event(new, minute=180), event(old_ended, minute=181)]
+    acks = await EventPublisher(js).publish_many(story)
+    async with projecting(js, db_path) as projector:
+        await projector.wait_for(acks[-1].seq)
+    assert rows(db_path, "SELECT firing, firing_since FROM incidents") == [(["a"], [later])]
+    acks = await EventPublisher(js).publish_many([event(new_ended, minute=182)])
+    async with projecting(js, db_path) as projector:
+        await projector.wait_for(acks[-1].seq)
+    assert rows(db_path, "SELECT firing, firing_since FROM incidents") == [([], [])]
+
+
+async def test_a_file_of_an_older_vigil_gets_the_new_columns(
+    js: JetStreamContext, db_path: Path
+) -> None:
+    acks = await EventPublisher(js).publish_many([fired("a", 0)])
+    async with projecting(js, db_path) as projector:
+        await projector.wait_for(acks[-1].seq)
+    con = duckdb.connect(str(db_path))
+    con.execute("ALTER TABLE incidents DROP COLUMN firing_since")  # as an older Vigil made it
+    con.close()
+    resolved = AnomalyResolved(origin="alertmanager", name="HighLatency", fingerprint="a",
+                               starts_at=T0, ends_at=T0)  # fmt: skip
+    acks = await EventPublisher(js).publish_many([fired("b", 1), event(resolved, minute=2)])
+    async with projecting(js, db_path) as projector:
+        await projector.wait_for(acks[-1].seq)
+    assert rows(db_path, "SELECT firing, firing_since FROM incidents") == [(["b"], [T0])]
 
 
 async def test_saga_steps_track_compensation(js: JetStreamContext, db_path: Path) -> None:
