@@ -118,10 +118,12 @@ async def _run(
     )
     async with asyncio.timeout(request.timeout_seconds):
         result = await tool.run(context, args)
-    size = len(orjson.dumps(result, default=str))
-    if size > MAX_RESULT_BYTES:
-        raise ValueError(f"{tool.name} returned {size} bytes; a result may take {MAX_RESULT_BYTES}")
-    return orjson.loads(orjson.dumps(result, default=str))
+    raw = orjson.dumps(result, default=str)  # once: to measure it and to make it plain JSON
+    if len(raw) > MAX_RESULT_BYTES:
+        raise ValueError(
+            f"{tool.name} returned {len(raw)} bytes; a result may take {MAX_RESULT_BYTES}"
+        )
+    return orjson.loads(raw)
 
 
 def _ms(started: float) -> float:
