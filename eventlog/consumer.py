@@ -68,7 +68,7 @@ class ConsumerSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     durable: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    filter_subject: str
+    filter_subject: str | tuple[str, ...]  # several: any of them (NATS 2.10 filter_subjects)
     max_deliver: int = Field(default=5, ge=1)
     ack_wait: float = Field(default=30.0, gt=0)
     concurrency: int = Field(default=8, ge=1)
@@ -86,9 +86,11 @@ class ConsumerSpec(BaseModel):
         return self.concurrency * 4
 
     def consumer_config(self) -> ConsumerConfig:
+        several = isinstance(self.filter_subject, tuple)
         return ConsumerConfig(
             durable_name=self.durable,
-            filter_subject=self.filter_subject,
+            filter_subject=None if several else self.filter_subject,
+            filter_subjects=list(self.filter_subject) if several else None,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL if self.deliver == "all" else DeliverPolicy.NEW,
             ack_wait=self.ack_wait,

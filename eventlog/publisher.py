@@ -15,12 +15,14 @@ from collections.abc import Sequence
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from nats.js.errors import TooManyStalledMsgsError
+from nats.js.errors import BadRequestError, TooManyStalledMsgsError
 
 from eventlog.envelope import Event
 from eventlog.stream import EVENTS_STREAM
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code when that expectation fails
 NATS_PY_MAX_PENDING = 4000  # JetStreamContext's default publish_async_max_pending
 
 
@@ -32,6 +34,10 @@ class PublishError(Exception):
         self.acked = acked
         first = next(iter(failed.values()))
         super().__init__(f"{len(failed)} of {len(failed) + len(acked)} events not stored: {first}")
+
+
+class WrongLastSequence(Exception):
+    """Another event was appended on the subject since the one the writer had seen."""
 
 
 class EventPublisher:
@@ -52,6 +58,24 @@ class EventPublisher:
 
     async def publish(self, event: Event) -> PubAck:
         return (await self.publish_many([event]))[0]
+
+    async def publish_after(self, event: Event, last_subject_seq: int) -> PubAck:
+        """Append `event` only if the last event on its subject is still `last_subject_seq` (0:
+        none): optimistic concurrency, for a chain of events one writer at a time extends.
+        Raises WrongLastSequence otherwise (also when a retry finds its own first try
+        stored, as the check comes before de-duplication: read back, then decide)."""
+        headers = {MSG_ID_HEADER: str(event.id), EXPECTED_LAST_SUBJECT_SEQ: str(last_subject_seq)}
+        try:
+            ack = await self._js.publish(
+                event.subject, event.to_json(), timeout=self._ack_timeout, headers=headers
+            )
+        except BadRequestError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise WrongLastSequence(exc.description or "wrong last sequence") from None
+            raise
+        if ack.stream != self._stream:
+            raise PublishError({event.id: f"stored in stream {ack.stream}"}, {})
+        return ack
 
     async def publish_many(self, events: Sequence[Event]) -> list[PubAck]:
         """Publish all at once; raise PublishError naming every event that was not stored."""

@@ -89,10 +89,10 @@ async def run_request(
         outcome = ToolFailed(tool_call_id=request.tool_call_id, tool_name=request.tool_name,
                              error=_reason(exc), duration_ms=_ms(started))  # fmt: skip
     incident = received.event.incident_id
-    event_id = uuid.uuid5(OUTCOME_NAMESPACE, f"{incident}|{request.tool_call_id}")
     outcome_event = new_event(
-        outcome, incident_id=incident, source=SOURCE, event_id=event_id, caused_by=received.event
-    )
+        outcome, incident_id=incident, source=SOURCE,
+        event_id=outcome_id(incident, request.tool_call_id), caused_by=received.event,
+    )  # fmt: skip
     await publisher.publish(outcome_event)
 
 
@@ -124,6 +124,11 @@ async def _run(
             f"{tool.name} returned {len(raw)} bytes; a result may take {MAX_RESULT_BYTES}"
         )
     return orjson.loads(raw)
+
+
+def outcome_id(incident_id: str, tool_call_id: str) -> uuid.UUID:
+    """The id of a call's outcome: a request run twice (redelivered) records one."""
+    return uuid.uuid5(OUTCOME_NAMESPACE, f"{incident_id}|{tool_call_id}")
 
 
 def _ms(started: float) -> float:

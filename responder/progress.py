@@ -1,0 +1,258 @@
+"""Where an incident's investigation stands, folded from its events, and what to do next.
+
+Pure: given the incident's events (in stream order), the time and the limits, `next_step`
+says what the investigator does now. Every crash point is then a unit test: feed the events
+up to it, look at the answer. No state is kept anywhere else; the events are the state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from eventlog.envelope import Event
+from eventlog.history import StoredEvent
+from eventlog.payloads import (
+    AgentStep,
+    AnomalyDetected,
+    AnomalyPredicted,
+    InvestigationStarted,
+    RootCauseConcluded,
+    ToolCompleted,
+    ToolFailed,
+    ToolRequested,
+)
+
+OUTPUT_TOOL_PREFIX = "final_result"  # pydantic-ai's output tool(s); not ours to run
+
+
+class Limits(BaseModel):
+    """Bounds of one attempt; reaching one gives a report marked partial."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_requests: int = Field(default=12, ge=1)
+    tool_calls: int = Field(default=40, ge=1)
+    tokens: int = Field(default=400_000, ge=1, description="input + output")
+    seconds: float = Field(default=300.0, gt=0, description="wall time of the attempt")
+    tool_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A tool call the model asked for in a recorded step."""
+
+    tool_call_id: str
+    tool_name: str
+    args: dict[str, Any]
+    turn: int
+
+    @property
+    def key(self) -> bytes:
+        """Same tool, same arguments: the same call (for reuse)."""
+        return orjson.dumps([self.tool_name, self.args], option=orjson.OPT_SORT_KEYS)
+
+
+Outcome = ToolCompleted | ToolFailed
+
+
+@dataclass
+class Attempt:
+    started: InvestigationStarted
+    started_at: datetime
+    steps: list[AgentStep] = field(default_factory=list)
+    last_step_seq: int = 0
+    requested: dict[str, ToolRequested] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)  # the first one counts
+    concluded: RootCauseConcluded | None = None
+
+    @property
+    def number(self) -> int:
+        return self.started.attempt
+
+    @property
+    def turn(self) -> int:
+        """Turns done: steps whose response asked for tools."""
+        return sum(1 for s in self.steps if calls_in(s))
+
+    def pending_calls(self) -> list[Call]:
+        """The tool calls of the last step (the turn now waiting for its results)."""
+        return calls_in(self.steps[-1]) if self.steps else []
+
+    def usage(self) -> tuple[int, int, int]:
+        """(model requests, input tokens, output tokens) so far."""
+        inp = sum(s.input_tokens for s in self.steps)
+        out = sum(s.output_tokens for s in self.steps)
+        return len(self.steps), inp, out
+
+
+@dataclass
+class Investigation:
+    """An incident as the investigator sees it."""
+
+    incident_id: str
+    trigger: Event | None = None  # the first anomaly: it starts attempt 1
+    anomalies: list[Event] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    # Fences: the stream sequences of the incident's last AgentStep and InvestigationStarted.
+    last_step_seq: int = 0
+    last_started_seq: int = 0
+
+    @property
+    def current(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+def fold(incident_id: str, events: list[StoredEvent]) -> Investigation:
+    inv = Investigation(incident_id)
+    for stored in events:
+        apply(inv, stored.event, stored.seq)
+    return inv
+
+
+def apply(inv: Investigation, event: Event, seq: int) -> None:
+    data = event.data
+    attempt = inv.current
+    match data:
+        case AnomalyDetected() | AnomalyPredicted():
+            inv.anomalies.append(event)
+            if inv.trigger is None:
+                inv.trigger = event
+        case InvestigationStarted():
+            inv.last_started_seq = seq
+            if attempt is None or data.attempt > attempt.number:
+                inv.attempts.append(Attempt(data, event.occurred_at))
+        case AgentStep():
+            inv.last_step_seq = seq
+            if attempt is not None and data.attempt == attempt.number:
+                attempt.steps.append(data)
+        case ToolRequested():
+            if attempt is not None and data.attempt == attempt.number:
+                attempt.requested.setdefault(data.tool_call_id, data)
+        case ToolCompleted() | ToolFailed():
+            if attempt is not None:
+                attempt.outcomes.setdefault(data.tool_call_id, data)
+        case RootCauseConcluded():
+            if attempt is not None and data.attempt == attempt.number:
+                attempt.concluded = attempt.concluded or data
+
+
+def calls_in(step: AgentStep) -> list[Call]:
+    """The tool calls (not the output tool) a recorded response asked for."""
+    calls = []
+    for part in step.response.get("parts", []):
+        if part.get("part_kind") != "tool-call":
+            continue
+        name = part["tool_name"]
+        if name.startswith(OUTPUT_TOOL_PREFIX):
+            continue
+        calls.append(Call(part["tool_call_id"], name, _args(part.get("args")), step.turn))
+    return calls
+
+
+def _args(raw: Any) -> dict[str, Any]:
+    """A provider sends arguments as a JSON string, a FunctionModel as a dict; anything that is
+    not an object is passed on as it came, for the worker to refuse by name."""
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            return {"_unparsed": raw}
+    return raw if isinstance(raw, dict) else {"_unparsed": raw}
+
+
+# -- what to do next ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """Open an attempt (attempt 1, for the incident's first anomaly)."""
+
+    attempt: int
+
+
+Reuse = tuple[Call, ToolCompleted]  # a call, and the earlier result that answers it
+
+
+@dataclass(frozen=True)
+class Request:
+    """Ask the workers for these calls, and record these reuses of earlier results."""
+
+    calls: list[Call]
+    reuses: list[Reuse]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Results are out; a later event moves the investigation on."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Run the model: the next turn (results all in), or the first."""
+
+
+@dataclass(frozen=True)
+class Conclude:
+    """End the attempt with what is known."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """Nothing to do: no anomaly yet, or the attempt is concluded."""
+
+
+NextStep = Start | Request | Wait | Turn | Conclude | Done
+
+
+def next_step(inv: Investigation, now: datetime, limits: Limits) -> NextStep:
+    attempt = inv.current
+    if attempt is None:
+        return Start(1) if inv.trigger is not None else Done()
+    if attempt.concluded is not None:
+        return Done()
+    if now - attempt.started_at >= timedelta(seconds=limits.seconds):
+        return Conclude(f"the attempt ran out of time ({limits.seconds:g}s)")
+    calls = attempt.pending_calls()
+    if not calls:
+        return Turn()  # the first turn, or a response to process (an answer, a retry)
+    ask, reuses = _to_request(attempt, calls)
+    if len(attempt.requested) + len(ask) > limits.tool_calls:
+        return Conclude(f"the attempt reached its limit of {limits.tool_calls} tool calls")
+    if ask or reuses:
+        return Request(ask, reuses)
+    if all(c.tool_call_id in attempt.outcomes for c in calls):
+        return Turn()
+    return Wait()
+
+
+def _to_request(attempt: Attempt, calls: list[Call]) -> tuple[list[Call], list[Reuse]]:
+    """Which of the turn's calls to ask the workers for, and which answer with the recorded
+    result of the same call made earlier in the attempt (agents loop; users pay for each
+    run). A failed earlier call is run again; one still out is waited for."""
+    first: dict[bytes, str] = {}  # same tool and arguments -> the attempt's first such call
+    for step in attempt.steps:
+        for call in calls_in(step):
+            first.setdefault(call.key, call.tool_call_id)
+    ask: list[Call] = []
+    reuses: list[Reuse] = []
+    for call in calls:
+        if call.tool_call_id in attempt.requested or call.tool_call_id in attempt.outcomes:
+            continue
+        original = first[call.key]
+        if original == call.tool_call_id:
+            ask.append(call)
+            continue
+        earlier = attempt.outcomes.get(original)
+        if isinstance(earlier, ToolCompleted):
+            reuses.append((call, earlier))
+        elif isinstance(earlier, ToolFailed):
+            ask.append(call)  # a failure may not last
+        # else the earlier call is still out: this one is answered with it when it is in
+    return ask, reuses
