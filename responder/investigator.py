@@ -114,6 +114,7 @@ class Investigator:
 
     def __post_init__(self) -> None:
         self.publisher = EventPublisher(self.js)
+        self.turns_taken = 0  # model runs this replica made (each one or more requests)
 
     async def handle(self, received: Received) -> None:
         data = received.event.data
@@ -222,6 +223,7 @@ class Investigator:
             if attempt.pending_calls():
                 kwargs["deferred_tool_results"] = turn.results(attempt)
         left = self.limits.seconds - (self.clock() - attempt.started_at).total_seconds()
+        self.turns_taken += 1
         try:
             async with asyncio.timeout(max(left, 0.001)):
                 result = await self.agent.run(**kwargs)
