@@ -19,6 +19,7 @@ import uvloop
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from pydantic_ai.models import Model
 
 from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import MAX_RECORD_BYTES, AlertIndex
@@ -30,6 +31,10 @@ from eventlog.publisher import EventPublisher
 from eventlog.sql_service import serve_sql, sql_subject
 from eventlog.store import ProjectionStore
 from eventlog.stream import connect, ensure_streams
+from responder.agent import build_agent
+from responder.investigator import Investigator, run_investigator
+from responder.models import model_for
+from responder.progress import Limits
 from responder.tools import default_tools
 from responder.worker import run_workers
 from vigil.broker import EmbeddedNats, die_with_parent
@@ -321,18 +326,60 @@ async def run_worker_role(
 ) -> None:
     """The tool workers: run what investigations ask for, record the outcomes."""
     async with bus(settings, url, "vigil-worker") as nc:
-        ready = asyncio.Event()
-        working = asyncio.create_task(
-            run_workers(nc.jetstream(), default_tools(), stop, ready=ready,
-                        prometheus_url=settings.prometheus_url,
-                        concurrency=settings.worker_concurrency)
+        await _when_ready(
+            lambda ready: run_workers(
+                nc.jetstream(), default_tools(), stop, ready=ready,
+                prometheus_url=settings.prometheus_url, concurrency=settings.worker_concurrency,
+            ),
+            on_ready,
         )  # fmt: skip
-        waiting = asyncio.create_task(ready.wait())
-        await asyncio.wait({working, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        if ready.is_set():
-            on_ready()
-        await working
+
+
+def investigation_limits(settings: Settings) -> Limits:
+    return Limits(
+        model_requests=settings.investigation_max_model_requests,
+        tool_calls=settings.investigation_max_tool_calls,
+        tokens=settings.investigation_max_tokens,
+        seconds=settings.investigation_max_seconds,
+        tool_timeout_seconds=settings.tool_timeout_seconds,
+    )
+
+
+def investigation_model(settings: Settings) -> Model:
+    """The configured model (ValueError, one line, for a string pydantic-ai does not know)."""
+    key = settings.model_api_key.get_secret_value() if settings.model_api_key else None
+    return model_for(settings.model, base_url=settings.model_base_url, api_key=key)
+
+
+async def run_responder_role(
+    settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
+) -> None:
+    """The investigator: every anomaly's incident investigated, turn by turn."""
+    agent = build_agent(investigation_model(settings), default_tools())
+    async with bus(settings, url, "vigil-responder") as nc:
+        investigator = Investigator(
+            nc.jetstream(), agent, settings.model, limits=investigation_limits(settings)
+        )
+        await _when_ready(
+            lambda ready: run_investigator(
+                investigator, stop, concurrency=settings.responder_concurrency, ready=ready
+            ),
+            on_ready,
+        )
+
+
+async def _when_ready(
+    start: Callable[[asyncio.Event], Coroutine[Any, Any, None]], on_ready: Callable[[], None]
+) -> None:
+    """Run a consumer; `on_ready` once its durable exists (not if it fails first)."""
+    ready = asyncio.Event()
+    running = asyncio.create_task(start(ready))
+    waiting = asyncio.create_task(ready.wait())
+    await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if ready.is_set():
+        on_ready()
+    await running
 
 
 async def serve_http(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import getpass
 import io
 import logging
 import os
@@ -24,6 +25,7 @@ from rich.table import Table
 
 from api.app import add_metrics
 from detector.rules import RulesError, RuleSet, load_rules
+from eventlog.payloads import InvestigationStarted
 from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher
 from eventlog.replay import replay
@@ -31,6 +33,7 @@ from eventlog.sql import QueryResult, SqlError, run_read_only
 from eventlog.sql_service import request_sql
 from eventlog.store import open_database
 from eventlog.stream import BusUnreachable, connect
+from responder.investigator import NoSuchIncident, ask_for_attempt
 from vigil.app import (
     HELD_BY_ENV,
     PROJECTOR_READY,
@@ -39,11 +42,13 @@ from vigil.app import (
     bind_http,
     broker,
     bus,
+    investigation_model,
     run,
     run_api,
     run_detector_role,
     run_projector,
     run_projector_process,
+    run_responder_role,
     run_worker_role,
     serve_http,
     stop_on_signals,
@@ -98,6 +103,7 @@ def up() -> None:
     cfg = settings()
     usable_dir(cfg.data_dir)
     rules = detector_rules(cfg) if cfg.prometheus_url else None
+    check_model(cfg)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -109,6 +115,7 @@ def up() -> None:
                 host, port = sock.getsockname()[:2]
                 console.print(f"NATS   {url} ({where})")
                 console.print(f"DuckDB {cfg.db_path}")
+                console.print(f"Model  {cfg.model} (investigations)")
                 console.print(f"HTTP   http://{host}:{port}/webhooks/alertmanager")
                 if cfg.webhook_token is None:
                     err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
@@ -145,6 +152,8 @@ def up_roles(
     roles = [
         Role("projector", lambda ready: run_projector_process(cfg, url, stop, on_ready=ready)),
         Role("api", lambda ready: run_api(cfg, url, sock, stop, on_ready=ready)),
+        Role("worker", lambda ready: run_worker_role(cfg, url, stop, on_ready=ready)),
+        Role("responder", lambda ready: run_responder_role(cfg, url, stop, on_ready=ready)),
     ]
     if rules:
         roles.append(
@@ -175,6 +184,80 @@ def worker() -> None:
         )  # fmt: skip
 
     run(main())
+
+
+@app.command()
+def responder() -> None:
+    """Run the investigator alone against VIGIL_NATS_URL (several processes share the work)."""
+    cfg = settings()
+    if not cfg.nats_url:
+        raise CliError("VIGIL_NATS_URL is required: the responder joins an existing NATS")
+    check_model(cfg)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        assert cfg.nats_url
+        await run_responder_role(
+            cfg, cfg.nats_url, stop,
+            on_ready=lambda: console.print(
+                f"investigating with {cfg.model}: {cfg.responder_concurrency} events at once"
+            ),
+        )  # fmt: skip
+
+    run(main())
+
+
+def check_model(cfg: Settings) -> None:
+    try:
+        investigation_model(cfg)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+@app.command()
+def investigate(
+    incident_id: Annotated[str, typer.Argument(help="the incident to investigate again")],
+    by: Annotated[str | None, typer.Option(help="who asks (recorded); default: you")] = None,
+    reason: Annotated[str, typer.Option(help="why (recorded)")] = "",
+) -> None:
+    """Ask for a new attempt at an incident's investigation (a running responder takes it)."""
+    cfg = settings()
+    by = by or _user()
+
+    async def main() -> InvestigationStarted:
+        nc = await connect(nats_url_of(cfg), name="vigil-investigate")
+        try:
+            return await ask_for_attempt(
+                nc.jetstream(), incident_id, model=cfg.model, by=by, reason=reason
+            )
+        except NoSuchIncident as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            await nc.close()
+
+    started = run(main())
+    console.print(f"incident {incident_id}: attempt {started.attempt} asked for by {by}")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return f"uid {os.getuid()}"
+
+
+def nats_url_of(cfg: Settings) -> str:
+    """VIGIL_NATS_URL, or the NATS of the `vigil up` running on the data dir."""
+    if cfg.nats_url:
+        return cfg.nats_url
+    runtime = read_runtime(cfg.data_dir)
+    if runtime is None:
+        raise CliError(
+            f"no running Vigil on {cfg.data_dir} and VIGIL_NATS_URL is unset: "
+            "start `vigil up` or name the NATS"
+        )
+    return runtime.nats_url
 
 
 @app.command()

@@ -70,6 +70,22 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=16, ge=1, le=1024, description="tool calls one worker process runs at once"
     )
+    model_base_url: str | None = Field(
+        default=None, description="an OpenAI-compatible server (Ollama, vLLM, LiteLLM)"
+    )
+    model_api_key: SecretStr | None = None
+    responder_concurrency: int = Field(
+        default=8, ge=1, le=1024, description="investigation events one responder handles at once"
+    )
+    investigation_max_model_requests: int = Field(default=12, ge=1, le=1000)
+    investigation_max_tool_calls: int = Field(default=40, ge=1, le=10_000)
+    investigation_max_tokens: int = Field(default=400_000, ge=1, description="input + output")
+    investigation_max_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="an attempt's wall time"
+    )
+    tool_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="a tool call with no answer by then has failed"
+    )
 
     @field_validator("nats_url")
     @classmethod
