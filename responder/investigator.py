@@ -93,6 +93,8 @@ def investigator_spec(concurrency: int = 8, limits: Limits | None = None) -> Con
         deliver="new",
         # A turn's model run is bounded by the attempt's wall time; past it, a retry.
         handler_timeout=limits.seconds + 60,
+        # Heartbeats keep a long turn ours; a replica that died is noticed this soon.
+        ack_wait=10.0,
     )
 
 

@@ -115,7 +115,7 @@ def up() -> None:
                 host, port = sock.getsockname()[:2]
                 console.print(f"NATS   {url} ({where})")
                 console.print(f"DuckDB {cfg.db_path}")
-                console.print(f"Model  {cfg.model} (investigations)")
+                console.print(f"Model  {cfg.model} (investigations)", markup=False, emoji=False)
                 console.print(f"HTTP   http://{host}:{port}/webhooks/alertmanager")
                 if cfg.webhook_token is None:
                     err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
@@ -200,8 +200,9 @@ def responder() -> None:
         assert cfg.nats_url
         await run_responder_role(
             cfg, cfg.nats_url, stop,
-            on_ready=lambda: console.print(
-                f"investigating with {cfg.model}: {cfg.responder_concurrency} events at once"
+            on_ready=lambda: console.print(  # a model name is not markup (`openai:m` no emoji)
+                f"investigating with {cfg.model}: {cfg.responder_concurrency} events at once",
+                markup=False, emoji=False,
             ),
         )  # fmt: skip
 

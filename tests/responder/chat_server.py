@@ -67,10 +67,12 @@ def garbage() -> Response:
 class ChatServer:
     """Serves `script` in order (the last answer repeats); `requests` holds each body."""
 
-    def __init__(self, script: list[Answer]) -> None:
+    def __init__(self, script: list[Answer], *, hang_on: frozenset[int] = frozenset()) -> None:
         self.script = script
         self.requests: list[dict[str, Any]] = []
         self.hang = asyncio.Event()  # set: requests wait forever (a model that never answers)
+        self.hang_on = hang_on  # these requests (1-based) wait forever
+        self.arrived = asyncio.Condition()
         self.url = ""
         app = FastAPI()
         app.post("/v1/chat/completions")(self._complete)
@@ -78,11 +80,18 @@ class ChatServer:
 
     async def _complete(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
-        self.requests.append(body)
-        if self.hang.is_set():
+        async with self.arrived:
+            self.requests.append(body)
+            n = len(self.requests)
+            self.arrived.notify_all()
+        if self.hang.is_set() or n in self.hang_on:
             await asyncio.Event().wait()
-        answer = self.script[min(len(self.requests), len(self.script)) - 1](body)
+        answer = self.script[min(n, len(self.script)) - 1](body)
         return answer if isinstance(answer, Response) else JSONResponse(answer)
+
+    async def until_requests(self, n: int, timeout: float = 30) -> None:
+        async with asyncio.timeout(timeout), self.arrived:
+            await self.arrived.wait_for(lambda: len(self.requests) >= n)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ChatServer]:
