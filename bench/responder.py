@@ -64,18 +64,37 @@ CONFIGS = ((1, 1), (1, 16), (4, 1), (4, 16))  # (worker processes, tool calls ea
 
 
 def anomaly(service: str) -> AnomalyDetected:
-    return AnomalyDetected(origin="alertmanager", name="HighErrorRate", fingerprint=service,
-                           starts_at=datetime.now(UTC), service=service, severity="critical",
-                           labels={"alertname": "HighErrorRate", "service": service})  # fmt: skip
+    return AnomalyDetected(
+        origin="alertmanager",
+        name="HighErrorRate",
+        fingerprint=service,
+        starts_at=datetime.now(UTC),
+        service=service,
+        severity="critical",
+        labels={"alertname": "HighErrorRate", "service": service},
+    )
 
 
 def eight_sleeps(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     """Asks for eight one-second tools in one response, then answers citing them."""
     if not any(isinstance(m, ModelResponse) for m in messages):
-        return ModelResponse(parts=[ToolCallPart("sleep_1s", {"n": i}, tool_call_id=f"s{i}")
-                                    for i in range(TOOLS_AT_ONCE)])  # fmt: skip
-    report = {"summary": "slept", "hypotheses": [{"category": "unknown", "confidence": 0.5,
-              "explanation": "benchmark", "evidence": [f"s{i}" for i in range(TOOLS_AT_ONCE)]}]}  # fmt: skip
+        return ModelResponse(
+            parts=[
+                ToolCallPart("sleep_1s", {"n": i}, tool_call_id=f"s{i}")
+                for i in range(TOOLS_AT_ONCE)
+            ]
+        )
+    report = {
+        "summary": "slept",
+        "hypotheses": [
+            {
+                "category": "unknown",
+                "confidence": 0.5,
+                "explanation": "benchmark",
+                "evidence": [f"s{i}" for i in range(TOOLS_AT_ONCE)],
+            }
+        ],
+    }
     return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, report)])
 
 
@@ -136,15 +155,24 @@ async def investigator(
 @contextlib.asynccontextmanager
 async def worker_processes(nats_url: str, processes: int, concurrency: int) -> AsyncIterator[None]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env |= {"VIGIL_NATS_URL": nats_url, "VIGIL_TOOL_MODULES": "bench.sleepy_tools",
-            "VIGIL_WORKER_CONCURRENCY": str(concurrency)}  # fmt: skip
+    env |= {
+        "VIGIL_NATS_URL": nats_url,
+        "VIGIL_TOOL_MODULES": "bench.sleepy_tools",
+        "VIGIL_WORKER_CONCURRENCY": str(concurrency),
+    }
     procs = []
     try:
         for _ in range(processes):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "vigil", "worker", env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "vigil",
+                "worker",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             procs.append(proc)
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
@@ -163,19 +191,23 @@ async def parallel_tools(tmp: Path, rounds: int) -> dict[str, list[float]]:
     """Seconds from an anomaly to its report when the model asks for eight one-second tools."""
     figures: dict[str, list[float]] = {"raw in-process": []}
     registry = load_tools(["bench.sleepy_tools"])
-    async with running_nats(tmp / "parallel") as (url, js), watched(js) as seen:
-        async with investigator(js, FunctionModel(eight_sleeps), registry):
-            for processes, concurrency in CONFIGS:
-                label = f"{processes} x {concurrency}"
-                async with worker_processes(url, processes, concurrency):
-                    for r in range(rounds):
-                        incident = f"p{processes}-{concurrency}-{r}"
-                        started = time.monotonic()
-                        await EventPublisher(js).publish(
-                            new_event(anomaly(incident), incident_id=incident, source="bench")
-                        )
-                        await seen.until(lambda: incident in seen.concluded)  # noqa: B023
-                        figures.setdefault(label, []).append(seen.concluded[incident] - started)
+    model = FunctionModel(eight_sleeps)
+    async with (
+        running_nats(tmp / "parallel") as (url, js),
+        watched(js) as seen,
+        investigator(js, model, registry),
+    ):
+        for processes, concurrency in CONFIGS:
+            label = f"{processes} x {concurrency}"
+            async with worker_processes(url, processes, concurrency):
+                for r in range(rounds):
+                    incident = f"p{processes}-{concurrency}-{r}"
+                    started = time.monotonic()
+                    await EventPublisher(js).publish(
+                        new_event(anomaly(incident), incident_id=incident, source="bench")
+                    )
+                    await seen.until(lambda: incident in seen.concluded)  # noqa: B023
+                    figures.setdefault(label, []).append(seen.concluded[incident] - started)
     for _ in range(rounds):
         started = time.monotonic()
         await raw_investigation(FunctionModel(eight_sleeps), registry, anomaly("raw"))
@@ -190,15 +222,20 @@ async def throughput(tmp: Path, n: int) -> dict[str, float]:
     """Investigations per second: n incidents at once, the built-in analyst, the default tools
     with nothing configured behind them (each answers at once, most with a failure)."""
     registry = load_tools([])
-    async with running_nats(tmp / "throughput") as (url, js), watched(js) as seen:
+    async with running_nats(tmp / "throughput") as (_, js), watched(js) as seen:
         stop, ready = asyncio.Event(), asyncio.Event()
         nc = js._nc  # the workers' SQL requests (similar_incidents) go over it
-        workers = asyncio.create_task(run_workers(js, registry, stop, nc=nc, ready=ready,
-                                                  settings=ToolSettings(), concurrency=64))  # fmt: skip
+        workers = asyncio.create_task(
+            run_workers(
+                js, registry, stop, nc=nc, ready=ready, settings=ToolSettings(), concurrency=64
+            )
+        )
         await ready.wait()
         async with investigator(js, builtin_model(), registry):
-            events = [new_event(anomaly(f"svc-{i}"), incident_id=f"t-{i}", source="bench")
-                      for i in range(n)]  # fmt: skip
+            events = [
+                new_event(anomaly(f"svc-{i}"), incident_id=f"t-{i}", source="bench")
+                for i in range(n)
+            ]
             started = time.monotonic()
             await EventPublisher(js).publish_many(events)
             await seen.until(lambda: len(seen.concluded) >= n)
@@ -206,8 +243,9 @@ async def throughput(tmp: Path, n: int) -> dict[str, float]:
         stop.set()
         await workers
     started = time.monotonic()
-    await asyncio.gather(*(raw_investigation(builtin_model(), registry, anomaly(f"r{i}"), nc=None)
-                           for i in range(n)))  # fmt: skip
+    await asyncio.gather(
+        *(raw_investigation(builtin_model(), registry, anomaly(f"r{i}"), nc=None) for i in range(n))
+    )
     raw = n / (time.monotonic() - started)
     return {"ours": ours, "raw": raw}
 
@@ -217,21 +255,36 @@ async def raw_investigation(
 ) -> RootCauseReport:
     """The raw library: pydantic-ai with the same model, each turn's tools run in-process at
     once (asyncio.gather), results handed back in memory: no bus, no events."""
-    definitions = [ToolDefinition(name=t.name, description=t.description,
-                                  parameters_json_schema=t.args.model_json_schema())
-                   for t in registry.tools.values()]  # fmt: skip
-    agent: Agent[None, Any] = Agent(model, output_type=[RootCauseReport, DeferredToolRequests],
-                                    toolsets=[ExternalToolset(definitions)])  # fmt: skip
+    definitions = [
+        ToolDefinition(
+            name=t.name,
+            description=t.description,
+            parameters_json_schema=t.args.model_json_schema(),
+        )
+        for t in registry.tools.values()
+    ]
+    agent: Agent[None, Any] = Agent(
+        model,
+        output_type=[RootCauseReport, DeferredToolRequests],
+        toolsets=[ExternalToolset(definitions)],
+    )
     event = new_event(data, incident_id="raw", source="bench")
     now = datetime.now(UTC)
-    context = ToolContext(incident_id="raw", now=now, onset=data.starts_at, js=None, nc=nc,  # type: ignore[arg-type]
-                          settings=ToolSettings())  # fmt: skip
+    context = ToolContext(
+        incident_id="raw",
+        now=now,
+        onset=data.starts_at,
+        js=None,
+        nc=nc,  # type: ignore[arg-type]
+        settings=ToolSettings(),
+    )
     result = await agent.run(prompt(event, [event], now))
     while isinstance(result.output, DeferredToolRequests):
         calls = result.output.calls
         outcomes = await asyncio.gather(*(_run_tool(registry, context, c) for c in calls))
-        answers = DeferredToolResults(calls=dict(zip([c.tool_call_id for c in calls], outcomes,
-                                                     strict=True)))  # fmt: skip
+        answers = DeferredToolResults(
+            calls=dict(zip([c.tool_call_id for c in calls], outcomes, strict=True))
+        )
         result = await agent.run(
             message_history=result.all_messages(), deferred_tool_results=answers
         )
@@ -263,16 +316,16 @@ async def webhook_latency(tmp: Path, n: int) -> dict[str, list[float]]:
                 for i in range(n + 5):  # five to warm up
                     service = f"svc-{i}"
                     started = time.monotonic()
-                    answer = await http.post("/webhooks/alertmanager", content=_body(service),
-                                             headers={"Authorization": f"Bearer {TOKEN}",
-                                                      "Content-Type": "application/json"})  # fmt: skip
+                    answer = await http.post(
+                        "/webhooks/alertmanager",
+                        content=_body(service),
+                        headers={
+                            "Authorization": f"Bearer {TOKEN}",
+                            "Content-Type": "application/json",
+                        },
+                    )
                     answer.raise_for_status()
-                    await seen.until(
-                        lambda: (
-                            service in seen.detected  # noqa: B023
-                            and seen.detected[service][0] in seen.concluded
-                        )
-                    )  # noqa: B023
+                    await seen.until(lambda s=service: _reported(seen, s))
                     incident, detected = seen.detected[service]
                     if i >= 5:
                         out["detected"].append(detected - started)
@@ -282,17 +335,35 @@ async def webhook_latency(tmp: Path, n: int) -> dict[str, list[float]]:
     return out
 
 
+def _reported(seen: Conclusions, service: str) -> bool:
+    return service in seen.detected and seen.detected[service][0] in seen.concluded
+
+
 def _body(service: str) -> bytes:
     now = datetime.now(UTC).isoformat()
-    alert = {"status": "firing", "labels": {"alertname": "HighErrorRate", "service": service,
-             "severity": "critical"}, "annotations": {"summary": "errors"}, "startsAt": now,
-             "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": service}  # fmt: skip
-    return orjson.dumps({
-        "version": "4", "groupKey": f"{{}}:{{service=\"{service}\"}}", "truncatedAlerts": 0,
-        "status": "firing", "receiver": "vigil", "groupLabels": {"service": service},
-        "commonLabels": alert["labels"], "commonAnnotations": {}, "externalURL": "http://am",
-        "alerts": [alert],
-    })  # fmt: skip
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": "HighErrorRate", "service": service, "severity": "critical"},
+        "annotations": {"summary": "errors"},
+        "startsAt": now,
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "",
+        "fingerprint": service,
+    }
+    return orjson.dumps(
+        {
+            "version": "4",
+            "groupKey": f'{{}}:{{service="{service}"}}',
+            "truncatedAlerts": 0,
+            "status": "firing",
+            "receiver": "vigil",
+            "groupLabels": {"service": service},
+            "commonLabels": alert["labels"],
+            "commonAnnotations": {},
+            "externalURL": "http://am",
+            "alerts": [alert],
+        }
+    )
 
 
 # -- running it -------------------------------------------------------------------------------
@@ -319,22 +390,28 @@ def pct(values: list[float], q: float) -> float:
 
 async def main(rounds: int, investigations: int, alerts: int) -> None:
     tune_gc()
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"pydantic-ai {version('pydantic-ai-slim')}, nats-py {version('nats-py')}")  # fmt: skip
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"pydantic-ai {version('pydantic-ai-slim')}, nats-py {version('nats-py')}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         parallel = await parallel_tools(Path(tmp), rounds)
         print("\n1. anomaly -> report, the model asking for 8 tools of 1 s in one response")
         sequential = TOOLS_AT_ONCE * 1.0
         for label, values in parallel.items():
             med = statistics.median(values)
-            print(f"  {label:>16}: median {med:.2f} s  speedup vs one after another "
-                  f"({sequential:.0f} s): {sequential / med:.1f}x  rounds {_list(values)}")  # fmt: skip
+            print(
+                f"  {label:>16}: median {med:.2f} s  speedup vs one after another "
+                f"({sequential:.0f} s): {sequential / med:.1f}x  rounds {_list(values)}"
+            )
         rates = [await throughput(Path(tmp) / str(r), investigations) for r in range(rounds)]
         ours = statistics.median(r["ours"] for r in rates)
         raw = statistics.median(r["raw"] for r in rates)
         print(f"\n2. investigations/s, built-in analyst, instant tools, {investigations} at once")
-        print(f"  ours {ours:.1f}/s  raw pydantic-ai in-process {raw:.1f}/s  ratio {ours / raw:.2f}"
-              f"  rounds {[(round(r['ours'], 1), round(r['raw'], 1)) for r in rates]}")  # fmt: skip
+        print(
+            f"  ours {ours:.1f}/s  raw pydantic-ai in-process {raw:.1f}/s  ratio {ours / raw:.2f}"
+            f"  rounds {[(round(r['ours'], 1), round(r['raw'], 1)) for r in rates]}"
+        )
         latency = await webhook_latency(Path(tmp), alerts)
         print(f"\n3. webhook POST -> event, one alert at a time through vigil up ({alerts} alerts)")
         for what, values in latency.items():
