@@ -30,7 +30,7 @@ from eventlog.publisher import EventPublisher
 from eventlog.sql_service import serve_sql, sql_subject
 from eventlog.store import ProjectionStore
 from eventlog.stream import connect, ensure_streams
-from responder.tools import default_tools
+from responder.tools import ToolModuleError, ToolRegistry, ToolSettings, load_tools
 from responder.worker import run_workers
 from vigil.broker import EmbeddedNats, die_with_parent
 from vigil.http_protocol import BoundedHeadersProtocol
@@ -316,15 +316,35 @@ async def run_detector_role(
         await run_detector(nc.jetstream(), settings.prometheus_url, rules, stop)
 
 
+def tool_settings(settings: Settings) -> ToolSettings:
+    """What the tools are told of the deployment."""
+    return ToolSettings(
+        prometheus_url=settings.prometheus_url,
+        alertmanager_url=settings.alertmanager_url,
+        topology_file=settings.topology,
+        signals_file=settings.signals,
+    )
+
+
+def worker_tools(settings: Settings) -> ToolRegistry:
+    """The built-in tools and those of VIGIL_TOOL_MODULES; RoleFailed names a module that
+    cannot give its tools."""
+    try:
+        return load_tools(settings.tool_modules)
+    except ToolModuleError as exc:
+        raise RoleFailed(f"{exc} (VIGIL_TOOL_MODULES)") from None
+
+
 async def run_worker_role(
     settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
 ) -> None:
     """The tool workers: run what investigations ask for, record the outcomes."""
+    registry = worker_tools(settings)
     async with bus(settings, url, "vigil-worker") as nc:
         ready = asyncio.Event()
         working = asyncio.create_task(
-            run_workers(nc.jetstream(), default_tools(), stop, ready=ready,
-                        prometheus_url=settings.prometheus_url,
+            run_workers(nc.jetstream(), registry, stop, nc=nc, ready=ready,
+                        settings=tool_settings(settings),
                         concurrency=settings.worker_concurrency)
         )  # fmt: skip
         waiting = asyncio.create_task(ready.wait())

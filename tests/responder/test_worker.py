@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from eventlog.envelope import Event, new_event, parse_event
 from eventlog.payloads import ChangeRecorded, ToolCompleted, ToolFailed, ToolRequested
 from eventlog.publisher import EventPublisher
-from responder.tools import Tool, ToolContext, ToolRegistry, default_tools
+from responder.tools import Tool, ToolContext, ToolRegistry, ToolSettings, default_tools
 from responder.worker import run_workers
 from tests.detector import history
 from tests.detector.prometheus_server import PrometheusServer
@@ -55,12 +56,14 @@ async def outcomes(js: JetStreamContext) -> AsyncIterator[Outcomes]:
 
 
 async def workers(
-    js: JetStreamContext, registry: ToolRegistry, prometheus_url: str | None = None
+    nc: NATS, registry: ToolRegistry, settings: ToolSettings | None = None
 ) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """The workers running on `nc` until the returned event is set; the task ends then."""
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
-        run_workers(js, registry, stop, prometheus_url=prometheus_url, ready=ready)
-    )
+        run_workers(nc.jetstream(), registry, stop, nc=nc, ready=ready,
+                    settings=settings or ToolSettings())
+    )  # fmt: skip
     await asyncio.wait_for(ready.wait(), 20)
     return stop, task
 
@@ -74,9 +77,9 @@ async def request(js: JetStreamContext, call: str, tool: str, **fields: Any) -> 
 
 
 async def test_prometheus_tools_summarise_around_the_onset_and_never_look_past_now(
-    js: JetStreamContext, outcomes: Outcomes, prometheus: PrometheusServer
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes, prometheus: PrometheusServer
 ) -> None:
-    stop, task = await workers(js, default_tools(), prometheus.url)
+    stop, task = await workers(nc, default_tools(), ToolSettings(prometheus_url=prometheus.url))
     try:
         latency = "app_latency_seconds"
         await request(js, "range", "prometheus_range",
@@ -100,9 +103,9 @@ async def test_prometheus_tools_summarise_around_the_onset_and_never_look_past_n
 
 
 async def test_failures_are_recorded_with_their_reason(
-    js: JetStreamContext, outcomes: Outcomes, prometheus: PrometheusServer
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes, prometheus: PrometheusServer
 ) -> None:
-    stop, task = await workers(js, default_tools(), prometheus.url)
+    stop, task = await workers(nc, default_tools(), ToolSettings(prometheus_url=prometheus.url))
     try:
         await request(js, "bad-promql", "prometheus_query", args={"query": "rate(x[5m]"})
         await request(js, "bad-args", "prometheus_query", args={"q": "up"})
@@ -122,7 +125,7 @@ class Nothing(BaseModel):
 
 
 async def test_one_turns_calls_run_at_once_and_a_hung_tool_times_out(
-    js: JetStreamContext, outcomes: Outcomes
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes
 ) -> None:
     running, most = 0, 0
 
@@ -140,7 +143,7 @@ async def test_one_turns_calls_run_at_once_and_a_hung_tool_times_out(
     registry = ToolRegistry()
     registry.register(Tool("slow", "takes a second", Nothing, slow))
     registry.register(Tool("hangs", "never answers", Nothing, hangs))
-    stop, task = await workers(js, registry)
+    stop, task = await workers(nc, registry)
     try:
         calls = [f"c{i}" for i in range(8)]
         for call in calls:
@@ -157,7 +160,7 @@ async def test_one_turns_calls_run_at_once_and_a_hung_tool_times_out(
 
 
 async def test_recent_changes_are_the_ones_before_now(
-    js: JetStreamContext, outcomes: Outcomes
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes
 ) -> None:
     now = SPIKE
     changes = [
@@ -172,7 +175,7 @@ async def test_recent_changes_are_the_ones_before_now(
     await EventPublisher(js).publish_many(
         [new_event(c, incident_id=f"change-{i}", source="test") for i, c in enumerate(changes)]
     )
-    stop, task = await workers(js, default_tools())
+    stop, task = await workers(nc, default_tools())
     try:
         await request(js, "all", "recent_changes", args={}, now=now)
         await request(js, "mine", "recent_changes", args={"service": "checkout"}, now=now)
@@ -191,7 +194,7 @@ async def test_recent_changes_are_the_ones_before_now(
 
 
 async def test_a_request_handled_twice_has_one_outcome(
-    js: JetStreamContext, outcomes: Outcomes
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes
 ) -> None:
     """A worker killed before its ack: the request is handled again, and its outcome is the
     same event (its id derived from the tool call), which JetStream drops."""
@@ -204,7 +207,7 @@ async def test_a_request_handled_twice_has_one_outcome(
         return 1
 
     registry.register(Tool("instant", "answers at once", Nothing, instant))
-    stop, task = await workers(js, registry)
+    stop, task = await workers(nc, registry)
     try:
         for _ in range(2):  # the same call twice (two messages, as a redelivery would be)
             await request(js, "once", "instant")
