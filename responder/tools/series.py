@@ -34,8 +34,13 @@ def stats(points: Sequence[Point]) -> dict[str, float | int] | None:
     if not points:
         return None
     values = [v for _, v in points]
-    return {"n": len(values), "mean": tidy(statistics.fmean(values)),
-            "min": min(values), "max": max(values), "last": values[-1]}  # fmt: skip
+    return {
+        "n": len(values),
+        "mean": tidy(statistics.fmean(values)),
+        "min": tidy(min(values)),
+        "max": tidy(max(values)),
+        "last": tidy(values[-1]),
+    }
 
 
 def change(before: Sequence[Point], after: Sequence[Point]) -> float | None:

@@ -4,68 +4,23 @@ tools in parallel, failures recorded as facts, nothing looked at past the invest
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
-from eventlog.envelope import Event, new_event, parse_event
+from eventlog.envelope import Event, new_event
 from eventlog.payloads import ChangeRecorded, ToolCompleted, ToolFailed, ToolRequested
 from eventlog.publisher import EventPublisher
 from responder.tools import Tool, ToolContext, ToolRegistry, ToolSettings, default_tools
-from responder.worker import run_workers
 from tests.detector import history
 from tests.detector.prometheus_server import PrometheusServer
 from tests.eventlog.stream_reading import stream_events
+from tests.responder.tool_workers import Outcomes, workers
 
 SPIKE = history.minute(history.SPIKE_FROM)  # checkout latency is 2 s for five minutes from here
-
-
-class Outcomes:
-    """ToolCompleted / ToolFailed as they are appended, by tool call id."""
-
-    def __init__(self) -> None:
-        self.by_call: dict[str, Event] = {}
-        self._changed = asyncio.Event()
-
-    async def on_message(self, msg: Msg) -> None:
-        event = parse_event(msg.data)
-        if isinstance(event.data, ToolCompleted | ToolFailed):
-            self.by_call[event.data.tool_call_id] = event
-            self._changed.set()
-
-    async def of(self, *calls: str) -> list[Any]:
-        async with asyncio.timeout(20):
-            while not all(c in self.by_call for c in calls):
-                self._changed.clear()
-                await self._changed.wait()
-        return [self.by_call[c].data for c in calls]
-
-
-@pytest.fixture
-async def outcomes(js: JetStreamContext) -> AsyncIterator[Outcomes]:
-    watch = Outcomes()
-    sub = await js.subscribe("vigil.evt.>", cb=watch.on_message, ordered_consumer=True)
-    yield watch
-    await sub.unsubscribe()
-
-
-async def workers(
-    nc: NATS, registry: ToolRegistry, settings: ToolSettings | None = None
-) -> tuple[asyncio.Event, asyncio.Task[None]]:
-    """The workers running on `nc` until the returned event is set; the task ends then."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        run_workers(nc.jetstream(), registry, stop, nc=nc, ready=ready,
-                    settings=settings or ToolSettings())
-    )  # fmt: skip
-    await asyncio.wait_for(ready.wait(), 20)
-    return stop, task
 
 
 async def request(js: JetStreamContext, call: str, tool: str, **fields: Any) -> Event:
