@@ -25,6 +25,7 @@ from eventlog.envelope import new_event, subject_for
 from eventlog.payloads import ToolCompleted, ToolFailed, ToolRequested
 from eventlog.publisher import EventPublisher
 from responder.tools import ToolContext, ToolRegistry, ToolSettings, UnknownTool
+from responder.tools.config_file import one_line
 
 log = logging.getLogger(__name__)
 SOURCE = "worker"
@@ -125,9 +126,7 @@ async def _run(context: ToolContext, request: ToolRequested, registry: ToolRegis
     try:
         args = tool.args.model_validate(request.args)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "args"
-        raise BadArguments(f"bad arguments for {tool.name}: {where}: {first['msg']}") from None
+        raise BadArguments(f"bad arguments for {tool.name}: {one_line(exc, 'args')}") from None
     async with asyncio.timeout(request.timeout_seconds):
         result = await tool.run(context, args)
     raw = orjson.dumps(result, default=str)  # once: to measure it and to make it plain JSON

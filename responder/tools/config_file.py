@@ -34,10 +34,11 @@ def load_config_file(path: Path, model: type[M], setting: str) -> M:
         raise ConfigFileError(f"{where}: {one_line(exc)}") from None
 
 
-def one_line(exc: ValidationError) -> str:
-    """The first error as `key.path: message`, and how many more there are."""
+def one_line(exc: ValidationError, whole: str = "the file") -> str:
+    """The first error as `key.path: message` (`whole` when it is about the whole input), and
+    how many more there are."""
     first = exc.errors(include_url=False)[0]
-    key = ".".join(str(p) for p in first["loc"]) or "the file"
+    key = ".".join(str(p) for p in first["loc"]) or whole
     message = first["msg"].removeprefix("Value error, ")
     more = exc.error_count() - 1
     return f"{key}: {message}" + (f" (+{more} more)" if more else "")

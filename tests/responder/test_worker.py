@@ -65,7 +65,11 @@ async def test_failures_are_recorded_with_their_reason(
         await request(js, "bad-promql", "prometheus_query", args={"query": "rate(x[5m]"})
         await request(js, "bad-args", "prometheus_query", args={"q": "up"})
         await request(js, "unknown", "kubectl_delete", args={})
-        bad_promql, bad_args, unknown = await outcomes.of("bad-promql", "bad-args", "unknown")
+        await request(js, "nothing-alike", "similar_incidents", args={})
+        await request(js, "no-topology", "service_topology", args={"service": "checkout"})
+        bad_promql, bad_args, unknown, nothing_alike, no_topology = await outcomes.of(
+            "bad-promql", "bad-args", "unknown", "nothing-alike", "no-topology"
+        )
     finally:
         stop.set()
         await task
@@ -73,6 +77,12 @@ async def test_failures_are_recorded_with_their_reason(
     assert isinstance(bad_args, ToolFailed)
     assert bad_args.error.startswith("bad arguments for prometheus_query: query: Field required")
     assert isinstance(unknown, ToolFailed) and "no tool named 'kubectl_delete'" in unknown.error
+    assert isinstance(nothing_alike, ToolFailed) and nothing_alike.error == (
+        "bad arguments for similar_incidents: args: give service or alert (or both): "
+        "what makes an incident similar"
+    )
+    assert isinstance(no_topology, ToolFailed)
+    assert no_topology.error == "TopologyMissing: no topology configured (VIGIL_TOPOLOGY)"
 
 
 class Nothing(BaseModel):
