@@ -125,6 +125,8 @@ async def service_signals(ctx: ToolContext, args: SignalsArgs) -> dict[str, Any]
         *(_signal(ctx, name, render(templates[name], args.service), start, onset, step)
           for name in names)
     )  # fmt: skip
+    if all("error" in signal for signal in told):  # Prometheus is down, not one query wrong
+        raise PrometheusFailed(told[0]["error"])
     return {
         "service": args.service, "from": start.isoformat(), "onset": onset.isoformat(),
         "to": ctx.now.isoformat(), "step_seconds": step,

@@ -19,6 +19,7 @@ from responder.tools import ToolSettings, default_tools
 from responder.tools.config_file import ConfigFileError
 from responder.tools.prometheus import PrometheusFailed
 from responder.tools.signals import SignalsArgs, label_value, render, service_signals
+from tests.daemons import free_port
 from tests.detector.prometheus_server import PrometheusServer
 from tests.responder import golden
 from tests.responder.contexts import tool_context
@@ -149,16 +150,17 @@ async def test_a_wrong_signals_file_is_named_with_its_key(
     assert message in str(caught.value)
 
 
-async def test_a_missing_signals_file_and_no_prometheus_are_clear(
+async def test_a_missing_signals_file_and_no_prometheus_fail_the_call(
     nc: NATS, golden_prometheus: PrometheusServer, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigFileError, match="cannot read it: No such file or directory"):
         await signals(nc, golden_prometheus, signals_file=tmp_path / "nope.yaml")
-    ctx = tool_context(nc, NOW)
-    with pytest.raises(
-        PrometheusFailed, match=r"no Prometheus configured \(VIGIL_PROMETHEUS_URL\)"
-    ):
-        await service_signals(ctx, SignalsArgs(service="checkout"))
+    unset = tool_context(nc, NOW)
+    with pytest.raises(PrometheusFailed, match=r"^no Prometheus configured \(VIGIL_PROMETHEUS_"):
+        await service_signals(unset, SignalsArgs(service="checkout"))
+    down = tool_context(nc, NOW, prometheus_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(PrometheusFailed, match=r"^Prometheus unreachable: ConnectError"):
+        await service_signals(down, SignalsArgs(service="checkout"))
 
 
 async def test_through_a_worker_with_the_anomalys_onset(
