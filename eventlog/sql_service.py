@@ -4,6 +4,13 @@ DuckDB 2.0 lets one process hold a database file (even a read-only open from a s
 fails), so while `vigil up` runs, `vigil sql` asks it over NATS request/reply instead of
 opening the file. The subject carries the file's id, so several Vigils on one NATS never answer
 for each other. It is a NATS micro service: `nats micro ls` (natscli) shows it with its stats.
+
+The same queries are answered on a second, well-known subject, `vigil.sql.read`
+(`request_read_model`): a tool worker runs apart from any data dir (`vigil worker` on another
+host) and cannot know the file's id, yet its tools read the read model (`similar_incidents`).
+Like every micro endpoint it subscribes in a queue group, so one projector answers each
+request. It assumes one Vigil per NATS (or per account): two Vigils sharing one would each
+answer some of the other's workers.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from pydantic import BaseModel, Field
 from eventlog.sql import DEFAULT_MAX_ROWS, QueryResult, SqlError, SqlRefused, query
 
 SQL_SUBJECT_PREFIX = "vigil.sql"
+SQL_READ_SUBJECT = f"{SQL_SUBJECT_PREFIX}.read"  # a db id is hex: never "read"
+NO_VIGIL = "no running Vigil answers for this data dir (is `vigil up` running?)"
+NO_READ_MODEL = f"no read model answers on {SQL_READ_SUBJECT} (is a Vigil projector running?)"
 
 
 class SqlRequest(BaseModel):
@@ -49,7 +59,8 @@ async def serve_sql(
     max_rows: int = DEFAULT_MAX_ROWS,
     parallel: int = 4,
 ) -> Service:
-    """Answer on `vigil.sql.<db_id>`; a client may ask for fewer rows than `max_rows`, not more.
+    """Answer on `vigil.sql.<db_id>` and `vigil.sql.read`; a client may ask for fewer rows than
+    `max_rows`, not more.
     Up to `parallel` queries run at once, each on its own cursor, so one slow query does not
     hold up everyone else's."""
     slots = asyncio.Semaphore(parallel)
@@ -76,6 +87,7 @@ async def serve_sql(
         nc, name="vigil-sql", version="0.1.0", description="read-only SQL on the read model"
     )
     await service.add_endpoint(name="query", subject=sql_subject(db_id), handler=handle)
+    await service.add_endpoint(name="read", subject=SQL_READ_SUBJECT, handler=handle)
     await nc.flush()  # the server knows the subscription before anyone is told we are ready
     return service
 
@@ -95,17 +107,31 @@ def _fit(reply: SqlReply, limit: int) -> bytes:
     return body
 
 
-async def request_sql(
-    nc: NATS, subject: str, sql: str, *, max_rows: int = DEFAULT_MAX_ROWS, timeout: float = 35.0
+async def request_read_model(
+    nc: NATS, sql: str, *, max_rows: int = DEFAULT_MAX_ROWS, timeout: float = 35.0
 ) -> QueryResult:
-    """Ask the running service; raises SqlError (or SqlRefused) with its message."""
+    """Ask whichever projector serves this NATS (see the module's docstring)."""
+    return await request_sql(
+        nc, SQL_READ_SUBJECT, sql, max_rows=max_rows, timeout=timeout, unanswered=NO_READ_MODEL
+    )
+
+
+async def request_sql(
+    nc: NATS,
+    subject: str,
+    sql: str,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    timeout: float = 35.0,
+    unanswered: str = NO_VIGIL,
+) -> QueryResult:
+    """Ask the running service; raises SqlError (or SqlRefused) with its message, or with
+    `unanswered` when nothing serves `subject`."""
     payload = SqlRequest(sql=sql, max_rows=max_rows).model_dump_json().encode()
     try:
         msg = await nc.request(subject, payload, timeout=timeout)
     except NoRespondersError:
-        raise SqlError(
-            "no running Vigil answers for this data dir (is `vigil up` running?)"
-        ) from None
+        raise SqlError(unanswered) from None
     except NatsTimeoutError:
         raise SqlError(f"the running Vigil did not answer within {timeout:g}s") from None
     try:

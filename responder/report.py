@@ -31,13 +31,14 @@ def finish(report: RootCauseReport, attempt: Attempt, *, partial: bool) -> RootC
     ]
     gaps = list(report.gaps)
     for call_id, asked in attempt.requested.items():
+        if any(call_id in gap for gap in gaps):
+            continue  # the model told it already
         outcome = attempt.outcomes.get(call_id)
         if isinstance(outcome, ToolFailed):
             why = "timed out" if outcome.timed_out else "failed"
             gaps.append(f"{asked.tool_name} ({call_id}) {why}: {outcome.error}")
         elif outcome is None:
             gaps.append(f"{asked.tool_name} ({call_id}) had no result when the attempt ended")
-    gaps = list(dict.fromkeys(gaps))  # the model may have said the same
     return report.model_copy(
         update={
             "hypotheses": hypotheses,

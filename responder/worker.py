@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
@@ -23,7 +24,8 @@ from eventlog.consumer import ConsumerSpec, Received, consume
 from eventlog.envelope import new_event, subject_for
 from eventlog.payloads import ToolCompleted, ToolFailed, ToolRequested
 from eventlog.publisher import EventPublisher
-from responder.tools import ToolContext, ToolRegistry, UnknownTool
+from responder.tools import ToolContext, ToolRegistry, ToolSettings, UnknownTool
+from responder.tools.config_file import one_line
 
 log = logging.getLogger(__name__)
 SOURCE = "worker"
@@ -52,14 +54,17 @@ async def run_workers(
     registry: ToolRegistry,
     stop: asyncio.Event,
     *,
-    prometheus_url: str | None = None,
+    nc: NATS,
+    settings: ToolSettings,
     concurrency: int = 16,
     ready: asyncio.Event | None = None,
 ) -> None:
+    """Run requests until `stop`; `nc` is the connection `js` runs on (tools make requests
+    on it: the read model's SQL service)."""
     publisher = EventPublisher(js)
 
     async def handle(received: Received) -> None:
-        await run_request(received, registry, publisher, js, prometheus_url=prometheus_url)
+        await run_request(received, registry, publisher, js=js, nc=nc, settings=settings)
 
     await consume(js, worker_spec(concurrency), handle, stop=stop, ready=ready)
 
@@ -68,9 +73,10 @@ async def run_request(
     received: Received,
     registry: ToolRegistry,
     publisher: EventPublisher,
-    js: JetStreamContext,
     *,
-    prometheus_url: str | None = None,
+    js: JetStreamContext,
+    nc: NATS,
+    settings: ToolSettings,
 ) -> None:
     """Run one ToolRequested and append its outcome (raises only what publishing raised)."""
     request = received.event.data
@@ -78,7 +84,8 @@ async def run_request(
     started = time.monotonic()
     outcome: ToolCompleted | ToolFailed
     try:
-        result = await _run(received, request, registry, js, prometheus_url)
+        context = _context(received, request, js, nc, settings)
+        result = await _run(context, request, registry)
         outcome = ToolCompleted(tool_call_id=request.tool_call_id, tool_name=request.tool_name,
                                 result=result, duration_ms=_ms(started))  # fmt: skip
     except TimeoutError:
@@ -96,26 +103,30 @@ async def run_request(
     await publisher.publish(outcome_event)
 
 
-async def _run(
+def _context(
     received: Received,
     request: ToolRequested,
-    registry: ToolRegistry,
     js: JetStreamContext,
-    prometheus_url: str | None,
-) -> Any:
+    nc: NATS,
+    settings: ToolSettings,
+) -> ToolContext:
+    now = request.now or datetime.now(UTC)
+    return ToolContext(
+        incident_id=received.event.incident_id,
+        now=now,
+        onset=min(request.onset, now) if request.onset else None,  # never past now either
+        js=js,
+        nc=nc,
+        settings=settings,
+    )
+
+
+async def _run(context: ToolContext, request: ToolRequested, registry: ToolRegistry) -> Any:
     tool = registry.get(request.tool_name)
     try:
         args = tool.args.model_validate(request.args)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "args"
-        raise BadArguments(f"bad arguments for {tool.name}: {where}: {first['msg']}") from None
-    context = ToolContext(
-        incident_id=received.event.incident_id,
-        now=request.now or datetime.now(UTC),
-        js=js,
-        prometheus_url=prometheus_url,
-    )
+        raise BadArguments(f"bad arguments for {tool.name}: {one_line(exc, 'args')}") from None
     async with asyncio.timeout(request.timeout_seconds):
         result = await tool.run(context, args)
     raw = orjson.dumps(result, default=str)  # once: to measure it and to make it plain JSON

@@ -35,7 +35,7 @@ from responder.agent import build_agent
 from responder.investigator import Investigator, run_investigator
 from responder.models import model_for
 from responder.progress import Limits
-from responder.tools import default_tools
+from responder.tools import ToolModuleError, ToolRegistry, ToolSettings, load_tools
 from responder.worker import run_workers
 from vigil.broker import EmbeddedNats, die_with_parent
 from vigil.http_protocol import BoundedHeadersProtocol
@@ -321,15 +321,35 @@ async def run_detector_role(
         await run_detector(nc.jetstream(), settings.prometheus_url, rules, stop)
 
 
+def tool_settings(settings: Settings) -> ToolSettings:
+    """What the tools are told of the deployment."""
+    return ToolSettings(
+        prometheus_url=settings.prometheus_url,
+        alertmanager_url=settings.alertmanager_url,
+        topology_file=settings.topology,
+        signals_file=settings.signals,
+    )
+
+
+def worker_tools(settings: Settings) -> ToolRegistry:
+    """The built-in tools and those of VIGIL_TOOL_MODULES; RoleFailed names a module that
+    cannot give its tools."""
+    try:
+        return load_tools(settings.tool_modules)
+    except ToolModuleError as exc:
+        raise RoleFailed(f"{exc} (VIGIL_TOOL_MODULES)") from None
+
+
 async def run_worker_role(
     settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
 ) -> None:
     """The tool workers: run what investigations ask for, record the outcomes."""
+    registry = worker_tools(settings)
     async with bus(settings, url, "vigil-worker") as nc:
         await _when_ready(
             lambda ready: run_workers(
-                nc.jetstream(), default_tools(), stop, ready=ready,
-                prometheus_url=settings.prometheus_url, concurrency=settings.worker_concurrency,
+                nc.jetstream(), registry, stop, nc=nc, ready=ready,
+                settings=tool_settings(settings), concurrency=settings.worker_concurrency,
             ),
             on_ready,
         )  # fmt: skip
@@ -355,7 +375,7 @@ async def run_responder_role(
     settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
 ) -> None:
     """The investigator: every anomaly's incident investigated, turn by turn."""
-    agent = build_agent(investigation_model(settings), default_tools())
+    agent = build_agent(investigation_model(settings), worker_tools(settings))
     async with bus(settings, url, "vigil-responder") as nc:
         investigator = Investigator(
             nc.jetstream(), agent, settings.model, limits=investigation_limits(settings)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -60,7 +62,24 @@ class Settings(BaseSettings):
         description="the detector's rules file (sample: deploy/rules.yaml); no default, so a "
         "detector never polls with rules nobody chose",
     )
-    alertmanager_url: str | None = None
+    alertmanager_url: str | None = Field(
+        default=None, description="the tool related_alerts asks it what else is firing"
+    )
+    topology: Path | None = Field(
+        default=None,
+        description="services, what each depends on, owner and runbook (sample: "
+        "deploy/topology.yaml); for the tool service_topology",
+    )
+    signals: Path | None = Field(
+        default=None,
+        description="PromQL templates of the golden signals, overriding or adding to the "
+        "built-in ones (sample: deploy/signals.yaml); for the tool service_signals",
+    )
+    tool_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated Python modules, each with TOOLS = [Tool(...)]: tools of "
+        "your own beside the built-in ones (docs/tools.md)",
+    )
     model: str = "builtin"
     stream_replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_seconds: float = Field(default=120.0, gt=0)
@@ -97,11 +116,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server.strip()!r} is not a URL like nats://host:4222")
         return value
 
-    @field_validator("rules", mode="before")
+    @field_validator("rules", "topology", "signals", mode="before")
     @classmethod
-    def _blank_rules_is_unset(cls, value: object) -> object:
+    def _blank_file_is_unset(cls, value: object) -> object:
         # `VIGIL_RULES=` would otherwise be Path("."), a directory, not "no rules file".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("tool_modules", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):  # the environment's `a.tools, b.tools`; YAML gives a list
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @property
     def db_path(self) -> Path:

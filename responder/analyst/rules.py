@@ -329,7 +329,14 @@ def _leak(service: str, state: Health) -> str:
     assert s is not None and s.slope is not None and s.before
     per_hour = s.slope * 60 / s.before
     extra = ", and it restarted" if state.restarted else ""
-    return f"memory of {service} growing {per_hour:.0%} an hour since before the onset{extra}"
+    return (
+        f"memory of {service} growing {per_hour:.0%} an hour since before the onset "
+        f"({_mb(s.before)} on average before, {_mb(s.after)} after){extra}"
+    )
+
+
+def _mb(value: float | None) -> str:
+    return "?" if value is None else f"{value / 1e6:.0f} MB"
 
 
 def _ref(change: Change) -> str:

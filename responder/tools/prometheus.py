@@ -9,7 +9,6 @@ through httpx; a query error is the tool's failure, with Prometheus's own messag
 from __future__ import annotations
 
 import math
-import statistics
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +16,7 @@ import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from responder.tools import Tool, ToolContext
+from responder.tools.series import around, points_of, sample_value
 
 TOP_SERIES = 10
 HTTP_TIMEOUT = 20.0
@@ -36,16 +36,20 @@ class RangeArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=4000, description="PromQL")
-    onset: AwareDatetime | None = Field(default=None, description="when it began; default now")
+    onset: AwareDatetime | None = Field(
+        default=None, description="when it began; default: the anomaly's onset, else now"
+    )
     before_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
     step_seconds: float = Field(default=60.0, ge=1, le=3600)
 
 
-async def _api(ctx: ToolContext, path: str, params: dict[str, str]) -> Any:
-    if not ctx.prometheus_url:
+async def prometheus_api(ctx: ToolContext, path: str, params: dict[str, str]) -> Any:
+    """GET one of Prometheus's API paths: its `data`, or PrometheusFailed saying why not."""
+    url = ctx.settings.prometheus_url
+    if not url:
         raise PrometheusFailed("no Prometheus configured (VIGIL_PROMETHEUS_URL)")
     try:
-        async with httpx.AsyncClient(base_url=ctx.prometheus_url, timeout=HTTP_TIMEOUT) as c:
+        async with httpx.AsyncClient(base_url=url, timeout=HTTP_TIMEOUT) as c:
             answer = await c.get(path, params=params)
     except httpx.HTTPError as exc:
         raise PrometheusFailed(f"Prometheus unreachable: {type(exc).__name__}: {exc}") from None
@@ -58,17 +62,14 @@ async def _api(ctx: ToolContext, path: str, params: dict[str, str]) -> Any:
     return body["data"]
 
 
-def _value(raw: str) -> float | None:
-    value = float(raw)
-    return None if math.isnan(value) or math.isinf(value) else value
-
-
 async def prometheus_query(ctx: ToolContext, args: QueryArgs) -> dict[str, Any]:
     """The query at `now`: the TOP_SERIES series by value, and how many there were."""
-    data = await _api(ctx, "/api/v1/query", {"query": args.query, "time": _ts(ctx.now)})
+    data = await prometheus_api(
+        ctx, "/api/v1/query", {"query": args.query, "time": timestamp(ctx.now)}
+    )
     if data["resultType"] == "scalar":
-        return {"at": ctx.now.isoformat(), "scalar": _value(data["result"][1])}
-    series = [(s["metric"], _value(s["value"][1])) for s in data["result"]]
+        return {"at": ctx.now.isoformat(), "scalar": sample_value(data["result"][1])}
+    series = [(s["metric"], sample_value(s["value"][1])) for s in data["result"]]
     series.sort(key=lambda s: -math.inf if s[1] is None else s[1], reverse=True)
     return {
         "at": ctx.now.isoformat(),
@@ -78,15 +79,14 @@ async def prometheus_query(ctx: ToolContext, args: QueryArgs) -> dict[str, Any]:
 
 
 async def prometheus_range(ctx: ToolContext, args: RangeArgs) -> dict[str, Any]:
-    """Per series, statistics before the onset and from it up to `now` (the onset is `now`
-    by default: then "after" is empty); the TOP_SERIES that changed most, by relative change
-    of their means."""
-    onset = min(args.onset or ctx.now, ctx.now)
+    """Per series, statistics before the onset and from it up to `now` (the onset is the
+    anomaly's by default, else `now`: then "after" is empty); the TOP_SERIES that changed
+    most, by relative change of their means."""
+    onset = min(args.onset or ctx.onset or ctx.now, ctx.now)
     start = onset - timedelta(minutes=args.before_minutes)
-    params = {"query": args.query, "start": _ts(start), "end": _ts(ctx.now),
-              "step": f"{args.step_seconds:g}s"}  # fmt: skip
-    data = await _api(ctx, "/api/v1/query_range", params)
-    summaries = [_summary(s["metric"], s["values"], onset) for s in data["result"]]
+    data = await query_range(ctx, args.query, start, args.step_seconds)
+    summaries = [{"labels": s["metric"], **around(points_of(s["values"]), onset)}
+                 for s in data["result"]]  # fmt: skip
     summaries.sort(key=lambda s: abs(s["change"]) if s["change"] is not None else -1, reverse=True)
     return {
         "from": start.isoformat(), "onset": onset.isoformat(), "to": ctx.now.isoformat(),
@@ -94,31 +94,18 @@ async def prometheus_range(ctx: ToolContext, args: RangeArgs) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _summary(labels: dict[str, str], values: list[list[Any]], onset: datetime) -> dict[str, Any]:
-    cut = onset.timestamp()
-    before = [v for t, raw in values if float(t) < cut and (v := _value(raw)) is not None]
-    after = [v for t, raw in values if float(t) >= cut and (v := _value(raw)) is not None]
-    mean_before = statistics.fmean(before) if before else None
-    mean_after = statistics.fmean(after) if after else None
-    change = None
-    if mean_before is not None and mean_after is not None:
-        change = (mean_after - mean_before) / abs(mean_before) if mean_before else math.inf
-    return {
-        "labels": labels,
-        "before": _stats(before),
-        "after": _stats(after),
-        "change": None if change is None or math.isinf(change) else round(change, 4),
-    }
+async def query_range(
+    ctx: ToolContext, query: str, start: datetime, step_seconds: float
+) -> dict[str, Any]:
+    """`query` from `start` up to `now`, never past it."""
+    params = {"query": query, "start": timestamp(start), "end": timestamp(ctx.now),
+              "step": f"{step_seconds:g}s"}  # fmt: skip
+    data: dict[str, Any] = await prometheus_api(ctx, "/api/v1/query_range", params)
+    return data
 
 
-def _stats(values: list[float]) -> dict[str, float | int] | None:
-    if not values:
-        return None
-    return {"n": len(values), "mean": round(statistics.fmean(values), 6),
-            "min": min(values), "max": max(values), "last": values[-1]}  # fmt: skip
-
-
-def _ts(at: datetime) -> str:
+def timestamp(at: datetime) -> str:
+    """A time as Prometheus's API takes it: unix seconds."""
     return f"{at.timestamp():.3f}"
 
 

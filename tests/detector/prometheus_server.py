@@ -14,16 +14,24 @@ READY_LINE = "Server is ready to receive web requests"
 
 
 def openmetrics(series: Iterable[tuple[str, dict[str, str], list[tuple[int, float]]]]) -> str:
-    """OpenMetrics text for promtool: gauges, timestamps in seconds, ending with # EOF."""
+    """OpenMetrics text for promtool: gauges (counters where the name ends in _total),
+    timestamps in seconds, ending with # EOF. A name's series must come one after another."""
     lines: list[str] = []
     typed: set[str] = set()
     for name, labels, samples in series:
         if name not in typed:
-            lines.append(f"# TYPE {name} gauge")
+            family, kind = (
+                (name[: -len("_total")], "counter") if name.endswith("_total") else (name, "gauge")
+            )
+            lines.append(f"# TYPE {family} {kind}")
             typed.add(name)
-        text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        text = ",".join(f'{k}="{_escaped(v)}"' for k, v in sorted(labels.items()))
         lines += [f"{name}{{{text}}} {_number(v)} {t}" for t, v in samples]
     return "\n".join(lines) + "\n# EOF\n"
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _number(v: float) -> str:

@@ -20,7 +20,7 @@ from responder.agent import build_agent
 from responder.analyst import builtin_model
 from responder.investigator import Investigator, run_investigator
 from responder.progress import Limits
-from responder.tools import ToolRegistry
+from responder.tools import ToolRegistry, ToolSettings
 from responder.worker import run_workers
 
 
@@ -72,10 +72,12 @@ async def responder(
     investigators: int = 1,
     workers: int = 1,
     now_of: Callable[[Event], datetime] | None = None,
+    settings: ToolSettings | None = None,
     **worker_options: Any,
 ) -> AsyncIterator[list[Investigator]]:
     """Investigators and workers running until the block ends (each its own consumer task on
-    the shared durables, as separate processes would be)."""
+    the shared durables, as separate processes would be). The workers make their requests on
+    the connection `js` runs on."""
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     made: list[Investigator] = []
@@ -83,7 +85,17 @@ async def responder(
     for _ in range(workers):
         ready = asyncio.Event()
         tasks.append(
-            asyncio.create_task(run_workers(js, registry, stop, ready=ready, **worker_options))
+            asyncio.create_task(
+                run_workers(
+                    js,
+                    registry,
+                    stop,
+                    nc=js._nc,
+                    ready=ready,
+                    settings=settings or ToolSettings(),
+                    **worker_options,
+                )
+            )
         )
         readies.append(ready)
     for _ in range(investigators):

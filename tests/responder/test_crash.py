@@ -15,7 +15,7 @@ import orjson
 import pytest
 from nats.js import JetStreamContext
 
-from responder.tools import default_tools
+from responder.tools import ToolSettings, default_tools
 from responder.worker import run_workers
 from tests.responder.chat_server import ChatServer, completion, tool_calls, tool_messages
 from tests.responder.running import anomaly, append, responder, watching
@@ -71,7 +71,7 @@ async def workers_durable(js: JetStreamContext) -> None:
     """The workers' durable exists (as once a pool ran) while no worker runs."""
     stop, ready = asyncio.Event(), asyncio.Event()
     stop.set()
-    await run_workers(js, default_tools(), stop, ready=ready)
+    await run_workers(js, default_tools(), stop, nc=js._nc, settings=ToolSettings(), ready=ready)
 
 
 async def test_a_responder_killed_while_its_tools_are_out_concludes_once_after_restart(

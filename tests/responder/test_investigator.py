@@ -5,7 +5,7 @@ reused, limits give partial reports, replicas keep one story."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -29,8 +29,10 @@ from eventlog.payloads import (
 from responder.agent import build_agent
 from responder.investigator import Investigator, ask_for_attempt
 from responder.progress import Limits
-from responder.tools import Tool, ToolContext, ToolRegistry, default_tools
+from responder.tools import Tool, ToolContext, ToolRegistry, ToolSettings, default_tools
 from responder.worker import run_workers
+from tests.detector.prometheus_server import PrometheusServer
+from tests.responder import golden
 from tests.responder.running import anomaly, append, responder, watching
 
 
@@ -68,31 +70,43 @@ def counted(name: str, calls: list[str], *, gate: asyncio.Event | None = None) -
     return Tool(name=name, description=f"the {name} tool", args=Hours, run=run)
 
 
-async def test_an_anomaly_becomes_one_report_whose_evidence_is_recorded_tool_calls(
-    js: JetStreamContext,
+async def test_an_anomaly_is_investigated_against_a_real_prometheus_to_one_report_citing_it(
+    js: JetStreamContext, golden_prometheus: PrometheusServer
 ) -> None:
-    now = datetime.now(UTC)
-    async with watching(js) as watch, responder(js, default_tools()):
-        deploy = ChangeRecorded(
-            service="checkout", changed_at=now - timedelta(minutes=10), ref="v2.14"
-        )
+    onset, now = golden.minute(golden.ONSET), golden.minute(golden.NOW)
+    tools = ToolSettings(prometheus_url=golden_prometheus.url)
+    async with watching(js) as watch, responder(js, default_tools(), settings=tools,
+                                               now_of=lambda trigger: now):  # fmt: skip
+        deploy = ChangeRecorded(service="checkout", changed_at=onset - timedelta(minutes=10),
+                                ref="v2.14")  # fmt: skip
         await append(js, deploy, incident="changes")
-        await append(js, anomaly(starts_at=now))
+        await append(js, anomaly(starts_at=onset))
         [concluded] = await watch.concluded("inc-1")
         await append(js, anomaly(fingerprint="f2", name="HighLatency"))  # joins: no new attempt
-        await watch.until(lambda: len(watch.of("inc-1", "AnomalyDetected")) == 2)
         await append(js, anomaly(fingerprint="f3", name="Third"))
         await watch.until(lambda: len(watch.of("inc-1", "AnomalyDetected")) == 3)
+        await append(js, anomaly(), incident="inc-2")  # the next incident: its events came after
+        await watch.concluded("inc-2")
     assert len(watch.of("inc-1", "InvestigationStarted")) == 1
     assert len(watch.of("inc-1", "RootCauseConcluded")) == 1
     result = concluded.data
     assert isinstance(result, RootCauseConcluded)
-    top = result.report.hypotheses[0]
-    assert (top.category, top.service) == ("deploy_or_config_change", "checkout")
     asked = {e.data.tool_call_id: e.data for e in watch.of("inc-1", "ToolRequested")}
-    assert {a.tool_name for a in asked.values()} == {"recent_changes"}  # what is offered, planned
-    assert set(top.evidence) <= set(asked) and top.evidence
-    assert "v2.14" in top.explanation
+    planned = {"recent_changes", "related_alerts", "service_signals", "service_topology",
+               "similar_incidents"}  # fmt: skip
+    assert {a.tool_name for a in asked.values()} == planned
+    assert all(a.now == now and a.onset == onset for a in asked.values())
+    # Memory climbing a MiB a minute since long before the onset: a leak, not the deploy.
+    ranked = [(h.category, h.service) for h in result.report.hypotheses]
+    assert ranked[0] == ("memory_leak", "checkout")
+    assert ("deploy_or_config_change", "checkout") in ranked
+    top = result.report.hypotheses[0]
+    signals = [i for i, a in asked.items() if a.tool_name == "service_signals"]
+    assert top.evidence == signals and "an hour" in top.explanation
+    for hypothesis in result.report.hypotheses:
+        assert set(hypothesis.evidence) <= set(asked)
+    gaps = result.report.gaps  # no topology file, no read model: told once each
+    assert len(gaps) == 2 and "VIGIL_TOPOLOGY" in gaps[0] and "vigil.sql.read" in gaps[1]
     steps = [e.data for e in watch.of("inc-1", "AgentStep")]
     assert [(s.step, s.turn) for s in steps] == [(0, 0), (1, 1)]
     assert result.model_requests == 2 and result.tool_calls == len(asked)
@@ -147,7 +161,7 @@ async def test_a_tool_with_no_answer_times_out_the_attempt_goes_on_and_a_late_re
     # The workers' durable exists, but no worker runs while the attempt waits.
     stop, ready = asyncio.Event(), asyncio.Event()
     stop.set()
-    await run_workers(js, registry, stop, ready=ready)
+    await run_workers(js, registry, stop, nc=js._nc, settings=ToolSettings(), ready=ready)
     limits = Limits(tool_timeout_seconds=0.5)
     async with watching(js) as watch:
         async with responder(js, registry, model=FunctionModel(model), limits=limits, workers=0):

@@ -4,65 +4,23 @@ tools in parallel, failures recorded as facts, nothing looked at past the invest
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
-from nats.aio.msg import Msg
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
-from eventlog.envelope import Event, new_event, parse_event
+from eventlog.envelope import Event, new_event
 from eventlog.payloads import ChangeRecorded, ToolCompleted, ToolFailed, ToolRequested
 from eventlog.publisher import EventPublisher
-from responder.tools import Tool, ToolContext, ToolRegistry, default_tools
-from responder.worker import run_workers
+from responder.tools import Tool, ToolContext, ToolRegistry, ToolSettings, default_tools
 from tests.detector import history
 from tests.detector.prometheus_server import PrometheusServer
 from tests.eventlog.stream_reading import stream_events
+from tests.responder.tool_workers import Outcomes, workers
 
 SPIKE = history.minute(history.SPIKE_FROM)  # checkout latency is 2 s for five minutes from here
-
-
-class Outcomes:
-    """ToolCompleted / ToolFailed as they are appended, by tool call id."""
-
-    def __init__(self) -> None:
-        self.by_call: dict[str, Event] = {}
-        self._changed = asyncio.Event()
-
-    async def on_message(self, msg: Msg) -> None:
-        event = parse_event(msg.data)
-        if isinstance(event.data, ToolCompleted | ToolFailed):
-            self.by_call[event.data.tool_call_id] = event
-            self._changed.set()
-
-    async def of(self, *calls: str) -> list[Any]:
-        async with asyncio.timeout(20):
-            while not all(c in self.by_call for c in calls):
-                self._changed.clear()
-                await self._changed.wait()
-        return [self.by_call[c].data for c in calls]
-
-
-@pytest.fixture
-async def outcomes(js: JetStreamContext) -> AsyncIterator[Outcomes]:
-    watch = Outcomes()
-    sub = await js.subscribe("vigil.evt.>", cb=watch.on_message, ordered_consumer=True)
-    yield watch
-    await sub.unsubscribe()
-
-
-async def workers(
-    js: JetStreamContext, registry: ToolRegistry, prometheus_url: str | None = None
-) -> tuple[asyncio.Event, asyncio.Task[None]]:
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        run_workers(js, registry, stop, prometheus_url=prometheus_url, ready=ready)
-    )
-    await asyncio.wait_for(ready.wait(), 20)
-    return stop, task
 
 
 async def request(js: JetStreamContext, call: str, tool: str, **fields: Any) -> Event:
@@ -74,9 +32,9 @@ async def request(js: JetStreamContext, call: str, tool: str, **fields: Any) -> 
 
 
 async def test_prometheus_tools_summarise_around_the_onset_and_never_look_past_now(
-    js: JetStreamContext, outcomes: Outcomes, prometheus: PrometheusServer
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes, prometheus: PrometheusServer
 ) -> None:
-    stop, task = await workers(js, default_tools(), prometheus.url)
+    stop, task = await workers(nc, default_tools(), ToolSettings(prometheus_url=prometheus.url))
     try:
         latency = "app_latency_seconds"
         await request(js, "range", "prometheus_range",
@@ -100,14 +58,18 @@ async def test_prometheus_tools_summarise_around_the_onset_and_never_look_past_n
 
 
 async def test_failures_are_recorded_with_their_reason(
-    js: JetStreamContext, outcomes: Outcomes, prometheus: PrometheusServer
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes, prometheus: PrometheusServer
 ) -> None:
-    stop, task = await workers(js, default_tools(), prometheus.url)
+    stop, task = await workers(nc, default_tools(), ToolSettings(prometheus_url=prometheus.url))
     try:
         await request(js, "bad-promql", "prometheus_query", args={"query": "rate(x[5m]"})
         await request(js, "bad-args", "prometheus_query", args={"q": "up"})
         await request(js, "unknown", "kubectl_delete", args={})
-        bad_promql, bad_args, unknown = await outcomes.of("bad-promql", "bad-args", "unknown")
+        await request(js, "nothing-alike", "similar_incidents", args={})
+        await request(js, "no-topology", "service_topology", args={"service": "checkout"})
+        bad_promql, bad_args, unknown, nothing_alike, no_topology = await outcomes.of(
+            "bad-promql", "bad-args", "unknown", "nothing-alike", "no-topology"
+        )
     finally:
         stop.set()
         await task
@@ -115,6 +77,12 @@ async def test_failures_are_recorded_with_their_reason(
     assert isinstance(bad_args, ToolFailed)
     assert bad_args.error.startswith("bad arguments for prometheus_query: query: Field required")
     assert isinstance(unknown, ToolFailed) and "no tool named 'kubectl_delete'" in unknown.error
+    assert isinstance(nothing_alike, ToolFailed) and nothing_alike.error == (
+        "bad arguments for similar_incidents: args: give service or alert (or both): "
+        "what makes an incident similar"
+    )
+    assert isinstance(no_topology, ToolFailed)
+    assert no_topology.error == "TopologyMissing: no topology configured (VIGIL_TOPOLOGY)"
 
 
 class Nothing(BaseModel):
@@ -122,7 +90,7 @@ class Nothing(BaseModel):
 
 
 async def test_one_turns_calls_run_at_once_and_a_hung_tool_times_out(
-    js: JetStreamContext, outcomes: Outcomes
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes
 ) -> None:
     running, most = 0, 0
 
@@ -140,7 +108,7 @@ async def test_one_turns_calls_run_at_once_and_a_hung_tool_times_out(
     registry = ToolRegistry()
     registry.register(Tool("slow", "takes a second", Nothing, slow))
     registry.register(Tool("hangs", "never answers", Nothing, hangs))
-    stop, task = await workers(js, registry)
+    stop, task = await workers(nc, registry)
     try:
         calls = [f"c{i}" for i in range(8)]
         for call in calls:
@@ -157,7 +125,7 @@ async def test_one_turns_calls_run_at_once_and_a_hung_tool_times_out(
 
 
 async def test_recent_changes_are_the_ones_before_now(
-    js: JetStreamContext, outcomes: Outcomes
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes
 ) -> None:
     now = SPIKE
     changes = [
@@ -172,7 +140,7 @@ async def test_recent_changes_are_the_ones_before_now(
     await EventPublisher(js).publish_many(
         [new_event(c, incident_id=f"change-{i}", source="test") for i, c in enumerate(changes)]
     )
-    stop, task = await workers(js, default_tools())
+    stop, task = await workers(nc, default_tools())
     try:
         await request(js, "all", "recent_changes", args={}, now=now)
         await request(js, "mine", "recent_changes", args={"service": "checkout"}, now=now)
@@ -191,7 +159,7 @@ async def test_recent_changes_are_the_ones_before_now(
 
 
 async def test_a_request_handled_twice_has_one_outcome(
-    js: JetStreamContext, outcomes: Outcomes
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes
 ) -> None:
     """A worker killed before its ack: the request is handled again, and its outcome is the
     same event (its id derived from the tool call), which JetStream drops."""
@@ -204,7 +172,7 @@ async def test_a_request_handled_twice_has_one_outcome(
         return 1
 
     registry.register(Tool("instant", "answers at once", Nothing, instant))
-    stop, task = await workers(js, registry)
+    stop, task = await workers(nc, registry)
     try:
         for _ in range(2):  # the same call twice (two messages, as a redelivery would be)
             await request(js, "once", "instant")

@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from detector.rules import load_rules
 from eventlog.stream import split_servers
+from responder.tools import ToolSettings, default_tools
+from vigil.app import RoleFailed, tool_settings, worker_tools
 from vigil.settings import Settings
 
 
@@ -186,9 +188,30 @@ def test_config_file_must_exist(
 
 
 @pytest.mark.parametrize("value", ["", "  "])
-def test_blank_rules_means_unset(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv("VIGIL_RULES", value)
-    assert Settings().rules is None
+@pytest.mark.parametrize("name", ["rules", "topology", "signals"])
+def test_a_blank_file_means_unset(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(f"VIGIL_{name.upper()}", value)
+    assert getattr(Settings(), name) is None
+
+
+def test_the_tools_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_TOOL_MODULES", " acme.vigil_tools, logs ,")
+    monkeypatch.setenv("VIGIL_TOPOLOGY", "/etc/vigil/topology.yaml")
+    monkeypatch.setenv("VIGIL_PROMETHEUS_URL", "http://prom:9090")
+    s = Settings()
+    assert s.tool_modules == ["acme.vigil_tools", "logs"]
+    assert tool_settings(s) == ToolSettings(
+        prometheus_url="http://prom:9090", topology_file=Path("/etc/vigil/topology.yaml")
+    )
+    assert Settings(tool_modules=["a"]).tool_modules == ["a"]  # a YAML list as it is
+    assert Settings().signals is None and Settings().alertmanager_url is None
+
+
+def test_a_tool_module_that_cannot_load_stops_the_worker_role() -> None:
+    with pytest.raises(RoleFailed, match=r"^tool module 'no_such_tools' cannot be imported: "):
+        worker_tools(Settings(tool_modules=["no_such_tools"]))
+    with pytest.raises(RoleFailed, match=r"\(VIGIL_TOOL_MODULES\)$"):
+        worker_tools(Settings(tool_modules=["no_such_tools"]))
 
 
 def test_the_sample_config_names_the_sample_rules(
@@ -201,3 +224,5 @@ def test_the_sample_config_names_the_sample_rules(
     s = Settings()
     assert s.prometheus_url and s.rules == Path("deploy/rules.yaml")
     assert load_rules(s.rules).rules
+    assert s.topology == Path("deploy/topology.yaml") and s.signals == Path("deploy/signals.yaml")
+    assert set(worker_tools(s).tools) == set(default_tools().tools)

@@ -1,0 +1,128 @@
+"""similar_incidents on a real nats-server and a real projector: incidents folded from events
+into a DuckDB file, read through the SQL service's well-known subject."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from eventlog.envelope import new_event
+from eventlog.payloads import AnomalyDetected, IncidentResolved, Payload
+from eventlog.projector import Projector
+from eventlog.publisher import EventPublisher
+from eventlog.sql import SqlError
+from eventlog.sql_service import serve_sql
+from eventlog.store import ProjectionStore
+from eventlog.stream import EVENTS_STREAM
+from responder.tools.similar import SimilarArgs, similar_incidents
+from tests.responder.contexts import tool_context
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def at(hours: float) -> datetime:
+    return NOW + timedelta(hours=hours)
+
+
+def fired(name: str, service: str, fingerprint: str) -> AnomalyDetected:
+    return AnomalyDetected(origin="alertmanager", name=name, fingerprint=fingerprint,
+                           starts_at=NOW, service=service, severity="critical")  # fmt: skip
+
+
+STORY: list[tuple[str, float, Payload]] = [  # incident, when (hours from NOW), fact
+    ("inc-a", -72, fired("CheckoutErrors", "checkout", "a")),
+    ("inc-a", -71.5, IncidentResolved(how="remediation", by="alice")),
+    ("inc-b", -48, fired("SearchSlow", "search", "b1")),
+    ("inc-b", -47.9, fired("CheckoutErrors", "search", "b2")),  # not its first alert
+    ("inc-c", -36, fired("PaymentsDown", "payments", "c")),
+    ("inc-e", -24, fired("CheckoutErrors", "checkout", "e")),
+    ("inc-e", 2, IncidentResolved(how="alert_resolved")),  # after now: not known at now
+    ("inc-q", -12, fired("it's down", "o'brien", "q")),
+    ("inc-now", -0.1, fired("CheckoutErrors", "checkout", "n")),  # the one investigated
+    ("inc-d", 1, fired("CheckoutErrors", "checkout", "d")),  # opened after now
+]
+
+
+@pytest.fixture
+async def read_model(js: JetStreamContext, nc: NATS, db_path: Path) -> AsyncIterator[None]:
+    """STORY projected into a DuckDB file, its SQL service answering on the bus."""
+    events = [new_event(fact, incident_id=incident, source="test", occurred_at=at(hours))
+              for incident, hours, fact in STORY]  # fmt: skip
+    await EventPublisher(js).publish_many(events)
+    store = ProjectionStore(db_path)
+    last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
+    await Projector(js, store).catch_up({EVENTS_STREAM: last})
+    # The read model of the report's new shape (on its way from another branch) adds these
+    # columns and fills them from RootCauseConcluded: here, as that fold will.
+    store.con.execute(
+        "ALTER TABLE incidents ADD COLUMN root_cause_service VARCHAR;"
+        "ALTER TABLE incidents ADD COLUMN root_cause_summary VARCHAR;"
+        "UPDATE incidents SET root_cause = 'deploy_or_config_change', "
+        "root_cause_confidence = 0.8, root_cause_service = 'checkout', "
+        "root_cause_summary = 'v42 broke checkout' WHERE incident_id = 'inc-a'"
+    )
+    service = await serve_sql(nc, store.con, store.db_id)
+    yield
+    await service.stop()
+    store.close()
+
+
+async def similar(nc: NATS, **args: Any) -> dict[str, Any]:
+    ctx = tool_context(nc, NOW, incident_id="inc-now")
+    return await similar_incidents(ctx, SimilarArgs(**args))
+
+
+async def test_same_alert_or_service_newest_first_with_how_they_ended(
+    nc: NATS, read_model: None
+) -> None:
+    result = await similar(nc, service="checkout", alert="CheckoutErrors")
+    found = result["incidents"]
+    assert [i["incident_id"] for i in found] == ["inc-e", "inc-b", "inc-a"]
+    assert [i["matched"] for i in found] == [["service", "alert"], ["alert"],
+                                             ["service", "alert"]]  # fmt: skip
+    remediated = found[2]
+    assert {k: remediated[k] for k in (
+        "title", "service", "status", "resolution", "root_cause", "root_cause_confidence",
+        "root_cause_service", "root_cause_summary", "minutes_to_resolve")} == {
+        "title": "CheckoutErrors", "service": "checkout", "status": "resolved",
+        "resolution": "remediation", "root_cause": "deploy_or_config_change",
+        "root_cause_confidence": 0.8, "root_cause_service": "checkout",
+        "root_cause_summary": "v42 broke checkout", "minutes_to_resolve": 30.0,
+    }  # fmt: skip
+    assert datetime.fromisoformat(remediated["opened_at"]) == at(-72)
+    resolved_later = found[0]  # its end is after the investigation's now
+    assert (resolved_later["status"], resolved_later["resolved_at"]) == ("open", None)
+    assert resolved_later["resolution"] is None and "minutes_to_resolve" not in resolved_later
+    assert found[1]["title"] == "SearchSlow" and result["more"] is False
+
+
+async def test_a_limit_and_one_criterion(nc: NATS, read_model: None) -> None:
+    two = await similar(nc, alert="CheckoutErrors", limit=2)
+    assert [i["incident_id"] for i in two["incidents"]] == ["inc-e", "inc-b"] and two["more"]
+    payments = await similar(nc, service="payments")
+    assert [i["incident_id"] for i in payments["incidents"]] == ["inc-c"]
+    assert payments["incidents"][0]["root_cause"] is None
+
+
+async def test_values_are_only_ever_values(nc: NATS, read_model: None) -> None:
+    quoted = await similar(nc, service="o'brien", alert="it's down")
+    assert [i["incident_id"] for i in quoted["incidents"]] == ["inc-q"]
+    hostile = await similar(nc, service="x' OR '1'='1", alert="' OR true OR '")
+    assert hostile == {"incidents": [], "more": False}
+
+
+async def test_no_read_model_answering(nc: NATS) -> None:
+    with pytest.raises(SqlError, match=r"^no read model answers on vigil\.sql\.read"):
+        await similar(nc, service="checkout")
+
+
+def test_something_to_match_is_required() -> None:
+    with pytest.raises(ValidationError, match="give service or alert"):
+        SimilarArgs()
