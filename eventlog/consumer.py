@@ -79,11 +79,14 @@ class ConsumerSpec(BaseModel):
     # One incident's events one after another, in stream order (an investigation, a saga);
     # off for independent work such as tool calls, which are to run at the same time.
     in_incident_order: bool = True
+    # Messages held beyond the free slots, per slot: short handlers gain from a fetch ahead;
+    # long independent ones (tool calls) would wait here while another replica sits idle.
+    prefetch: int = Field(default=3, ge=0)
 
     @property
     def window(self) -> int:
         """Messages held at once (waiting for their incident's turn, or handled)."""
-        return self.concurrency * 4
+        return self.concurrency * (1 + self.prefetch)
 
     def consumer_config(self) -> ConsumerConfig:
         several = isinstance(self.filter_subject, tuple)

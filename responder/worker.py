@@ -46,6 +46,7 @@ def worker_spec(concurrency: int = 16) -> ConsumerSpec:
         concurrency=concurrency,
         deliver="new",
         in_incident_order=False,  # one turn's calls run at the same time
+        prefetch=0,  # a call waits for no other here: another worker may be free
     )
 
 
