@@ -318,3 +318,29 @@ async def test_a_new_durable_can_start_at_the_next_event(js: JetStreamContext) -
         await EventPublisher(js).publish_many(new)
         await asyncio.wait_for(seen.all_in.wait(), 20)
     assert seen.ids == [e.id for e in new]
+
+
+async def test_with_no_prefetch_a_replica_holds_only_what_it_runs(js: JetStreamContext) -> None:
+    """Two replicas of one slot each: while the first runs a long message, the second takes
+    the next, instead of it waiting in the first's fetch (as it would with prefetch)."""
+    events = steps(2, "inc-a")
+    running: dict[str, asyncio.Event] = {"one": asyncio.Event(), "two": asyncio.Event()}
+    release = asyncio.Event()
+    taken: list[str] = []
+
+    def handler(name: str) -> Callable[[Received], Awaitable[None]]:
+        async def handle(received: Received) -> None:
+            taken.append(name)
+            running[name].set()
+            await release.wait()
+
+        return handle
+
+    spec = ConsumerSpec(durable="t-prefetch", filter_subject="vigil.evt.>", concurrency=1,
+                        in_incident_order=False, prefetch=0)  # fmt: skip
+    async with consuming(js, spec, handler("one")), consuming(js, spec, handler("two")):
+        await EventPublisher(js).publish_many(events)
+        async with asyncio.timeout(20):
+            await asyncio.gather(running["one"].wait(), running["two"].wait())
+        release.set()
+    assert sorted(taken) == ["one", "two"]
