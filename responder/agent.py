@@ -127,6 +127,7 @@ def _black_box() -> Hooks[TurnDeps]:
         sent, got = ModelMessagesTypeAdapter.dump_python(
             [request_context.messages[-1], response], mode="json"
         )
+        sent = _within_budget(sent)
         cost = response.usage.cost
         draft = AgentStepDraft(
             request=sent,
@@ -140,6 +141,23 @@ def _black_box() -> Hooks[TurnDeps]:
         return response
 
     return hooks
+
+
+STEP_BUDGET = 256 * 1024  # bytes of a step's request: one NATS message holds 1 MB in all
+BY_REFERENCE = {"vigil": "content recorded in the call's ToolCompleted or ToolFailed event"}
+
+
+def _within_budget(sent: dict[str, Any]) -> dict[str, Any]:
+    """A request whose tool results would make the step too big for one message keeps them by
+    reference: each is in its outcome event already, and `history` puts it back."""
+    if len(orjson.dumps(sent)) <= STEP_BUDGET:
+        return sent
+    parts = [
+        {**part, "content": None, "metadata": BY_REFERENCE}
+        if part.get("part_kind") == "tool-return" else part
+        for part in sent["parts"]
+    ]  # fmt: skip
+    return {**sent, "parts": parts}
 
 
 def _evidence_exists(ctx: RunContext[TurnDeps], output: Any) -> Any:
@@ -164,9 +182,24 @@ def _evidence_exists(ctx: RunContext[TurnDeps], output: Any) -> Any:
 
 
 def history(attempt: Attempt) -> list[ModelMessage]:
-    """The attempt's conversation, rebuilt from its recorded steps."""
-    raw = [m for step in attempt.steps for m in (step.request, step.response)]
+    """The attempt's conversation, rebuilt from its recorded steps (tool results kept by
+    reference put back from their outcome events)."""
+    raw = [m for step in attempt.steps for m in (_restored(step.request, attempt), step.response)]
     return ModelMessagesTypeAdapter.validate_python(raw)
+
+
+def _restored(request: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
+    parts = request.get("parts", [])
+    if not any(p.get("metadata") == BY_REFERENCE for p in parts):
+        return request
+    restored = []
+    for part in parts:
+        if part.get("metadata") == BY_REFERENCE:
+            outcome = attempt.outcomes[part["tool_call_id"]]
+            content = outcome.result if isinstance(outcome, ToolCompleted) else outcome.error
+            part = {**part, "content": content, "metadata": None}
+        restored.append(part)
+    return {**request, "parts": restored}
 
 
 def results(attempt: Attempt) -> DeferredToolResults:
@@ -199,6 +232,15 @@ def prompt(trigger: Event, anomalies: list[Event], now: datetime, *, attempt: in
     )
 
 
+PROMPT_TEXT = 1000  # characters of one label or annotation in the prompt
+
+
+def _short(texts: dict[str, str]) -> dict[str, str]:
+    return {
+        k[:200]: v if len(v) <= PROMPT_TEXT else v[:PROMPT_TEXT] + "…" for k, v in texts.items()
+    }
+
+
 def _anomaly(event: Event) -> dict[str, Any]:
     data = event.data
     assert isinstance(data, AnomalyDetected | AnomalyPredicted)
@@ -206,14 +248,14 @@ def _anomaly(event: Event) -> dict[str, Any]:
         "name": data.name,
         "service": data.service,
         "severity": data.severity,
-        "labels": data.labels,
+        "labels": _short(data.labels),
         "fingerprint": data.fingerprint,
     }
     if isinstance(data, AnomalyDetected):
         told.update(
             kind="firing",
             starts_at=data.starts_at.isoformat(),
-            annotations=data.annotations,
+            annotations=_short(data.annotations),
             value=data.value,
             generator_url=data.generator_url,
             origin=data.origin,

@@ -307,3 +307,32 @@ async def test_investigate_opens_a_new_attempt_that_concludes_again(js: JetStrea
     assert started.attempt == 2 and started.requested_by == "alice"
     assert [c.data.attempt for c in concluded] == [1, 2]
     assert [e.data.attempt for e in watch.of("inc-1", "InvestigationStarted")] == [1, 2]
+
+
+async def test_tool_results_too_big_for_one_step_are_kept_by_reference_and_put_back(
+    js: JetStreamContext,
+) -> None:
+    seen: list[list[ModelMessage]] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append(list(messages))
+        if asks(messages) == 0:  # six results of 60 KB: past what one step may carry
+            return ModelResponse(parts=[ToolCallPart("big", {"hours": h}, tool_call_id=f"b{h}")
+                                        for h in range(6)])  # fmt: skip
+        if asks(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart("big", {"hours": 99}, tool_call_id="b99")])
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, report("b0"))])
+
+    async def big(ctx: ToolContext, args: Hours) -> dict[str, Any]:
+        return {"hours": args.hours, "text": "x" * 60_000}
+
+    registry = registry_with(Tool(name="big", description="big", args=Hours, run=big))
+    async with watching(js) as watch, responder(js, registry, model=FunctionModel(model)):
+        await append(js, anomaly())
+        await watch.concluded("inc-1")
+    steps = [e.data for e in watch.of("inc-1", "AgentStep")]
+    second = steps[1].request["parts"]
+    assert all(p["content"] is None and p["metadata"] for p in second)  # by reference
+    # What the model was sent at its third request was put back whole from the outcomes.
+    returns = [p for m in seen[2] for p in getattr(m, "parts", []) if p.part_kind == "tool-return"]
+    assert [len(p.content["text"]) for p in returns] == [60_000] * 7
