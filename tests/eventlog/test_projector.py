@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,41 +39,12 @@ from eventlog.schema import READ_MODEL_TABLES
 from eventlog.sql_service import request_sql
 from eventlog.store import ProjectionStore
 from eventlog.stream import DEAD_LETTER_STREAM, EVENTS_STREAM
+from tests.eventlog.projecting import fired, projecting, rows
 from tests.eventlog.samples import T0, concluded, event, steps
 from vigil.broker import EmbeddedNats
 from vigil.runtime import read_runtime
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@contextlib.asynccontextmanager
-async def projecting(js: JetStreamContext, path: Path) -> AsyncIterator[Projector]:
-    store = ProjectionStore(path)
-    projector = Projector(js, store, batch=200)
-    stop = asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
-    try:
-        yield projector
-    finally:
-        stop.set()
-        await task
-        store.close()
-
-
-def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def fired(fp: str, minute: float, incident: str = "inc-1", severity: str = "warning") -> object:
-    return event(
-        AnomalyDetected(origin="alertmanager", name="HighLatency", fingerprint=fp, starts_at=T0,
-                        service="api", severity=severity),
-        incident, minute,
-    )  # fmt: skip
 
 
 async def test_incident_read_model_follows_the_story(js: JetStreamContext, db_path: Path) -> None:
