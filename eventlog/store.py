@@ -157,7 +157,7 @@ class ProjectionStore:
         for event, seq in zip(events, seqs, strict=True):
             by_incident.setdefault((event.incident_id,), []).append((event, seq))
         incidents = self.incidents.load(cur, by_incident)
-        stored = set(incidents)
+        stored = dict(incidents)
         for key, items in by_incident.items():
             after = fold_incident(incidents.get(key), items)
             if after is not None:
@@ -180,7 +180,7 @@ def _fold_rows(
 ) -> None:
     """Fold each group of events into its row of `table` (one row per key)."""
     rows = table.load(cur, groups)
-    stored = set(rows)
+    stored = dict(rows)
     for key, evs in groups.items():
         rows[key] = fold(rows.get(key), evs)
     table.save(cur, rows, stored)
