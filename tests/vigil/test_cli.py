@@ -491,6 +491,12 @@ async def test_demo(tmp_path: Path) -> None:
         "sql", "SELECT status FROM incidents", "-f", "json", env=env, cwd=tmp_path
     )
     assert json.loads(done.out) == [{"status": "resolved"}]
+    sql = "SELECT model, investigations, top_categories FROM investigation_outcomes"
+    done = await run_vigil("sql", sql, "-f", "csv", env=env, cwd=tmp_path)
+    assert list(csv.reader(io.StringIO(done.out))) == [
+        ["model", "investigations", "top_categories"],
+        ["builtin", "1", '{"deploy_or_config_change":1}'],  # a map as JSON, not Python's repr
+    ]
 
 
 async def test_up_stops_with_one_line_when_its_projector_cannot_start(tmp_path: Path) -> None:
