@@ -35,6 +35,12 @@ from eventlog.stream import EVENTS_STREAM, connect, ensure_streams
 from vigil.broker import EmbeddedNats
 from vigil.tuning import tune_gc
 
+# A model request and its response as pydantic-ai writes them, cut to one short part each.
+REQUEST = {"kind": "request", "parts": [{"part_kind": "user-prompt", "content": "p99 is up"}]}
+RESPONSE = {"kind": "response", "model_name": "builtin", "parts": [
+    {"part_kind": "tool-call", "tool_name": "prom_query", "args": {"q": "up"}, "tool_call_id": "c"}
+]}  # fmt: skip
+
 
 def make_events(n: int) -> list[Event]:
     """A plausible investigation mix: agent steps, tool requests and their results."""
@@ -43,7 +49,8 @@ def make_events(n: int) -> list[Event]:
         incident = f"inc-{i % 200}"
         kind = i % 3
         if kind == 0:
-            data = AgentStep(turn=i % 7, kind="request", model="builtin")
+            data = AgentStep(attempt=1, step=i // 3, turn=i % 7, model="builtin", request=REQUEST,
+                             response=RESPONSE, input_tokens=900, output_tokens=40)  # fmt: skip
         elif kind == 1:
             data = ToolRequested(tool_call_id=f"c{i}", tool_name="prom_query", args={"q": "up"})
         else:

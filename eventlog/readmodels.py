@@ -1,8 +1,9 @@
-"""Read models as pure folds: `apply_*(row, event, seq) -> row`.
+"""Read models as pure folds: `fold_*(row, events) -> row`.
 
-Each row is what the events of one incident (or tool call, or saga step) say so far; the
-projector loads the rows a batch touches, folds the batch's events into them and writes them
-back in the batch's transaction. No row holds anything the stream cannot rebuild.
+Each row is what the events of one incident (or saga step; an investigation's attempts and
+tool calls are in eventlog/investigations.py) say so far; the projector loads the rows a batch
+touches, folds the batch's events into them and writes them back in the batch's transaction.
+No row holds anything the stream cannot rebuild.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ from eventlog.payloads import (
     SagaStepFailed,
     SagaStepStarted,
     SagaStepSucceeded,
-    ToolCompleted,
-    ToolFailed,
     ToolRequested,
 )
 
@@ -67,6 +66,9 @@ class IncidentRow:
     last_seq: int = 0
     # When each of `firing` began (same order); None where folded before Vigil kept it.
     firing_since: tuple[datetime | None, ...] | None = ()
+    root_cause_service: str | None = None
+    root_cause_summary: str | None = None
+    root_cause_attempt: int | None = None  # None: none yet, or folded before Vigil kept it
 
 
 def _advance(state: dict[str, Any], status: str) -> None:
@@ -88,7 +90,7 @@ def fold_incident(
     The fold works on one mutable copy per call, not a new row per event: the projector
     folds a whole batch of one incident at once.
     """
-    state: dict[str, Any] | None = None if row is None else _state(row)
+    state: dict[str, Any] | None = None if row is None else row_state(row)
     for event, seq in events:
         if isinstance(event.data, ChangeRecorded):
             continue  # a fact about a service, not part of an incident's story
@@ -111,7 +113,7 @@ def _opened_by(event: Event) -> dict[str, Any]:
         predicted=isinstance(data, AnomalyPredicted),
         opened_at=event.occurred_at,
     )
-    return _state(first)
+    return row_state(first)
 
 
 def _apply_incident(s: dict[str, Any], event: Event, seq: int) -> None:
@@ -136,15 +138,25 @@ def _apply_incident(s: dict[str, Any], event: Event, seq: int) -> None:
         s["tool_calls"] += 1
     elif isinstance(data, RootCauseConcluded):
         _advance(s, "diagnosed")
-        top = max(data.hypotheses, key=lambda h: h.confidence, default=None)
-        if top is not None:
-            s.update(root_cause=top.cause, root_cause_confidence=top.confidence)
+        _diagnosed(s, data)
     elif isinstance(data, SagaStarted):
         _advance(s, "remediating")
     elif isinstance(data, IncidentAcknowledged) and s["acknowledged_at"] is None:
         s.update(acknowledged_at=event.occurred_at, acknowledged_by=data.by)
     elif isinstance(data, IncidentResolved):
         s.update(status="resolved", resolved_at=event.occurred_at, resolution=data.how)
+
+
+def _diagnosed(s: dict[str, Any], data: RootCauseConcluded) -> None:
+    """The root cause is the latest attempt's top hypothesis (ranked: the first); an earlier
+    attempt's report told after it changes nothing."""
+    held = s["root_cause_attempt"]
+    if held is not None and data.attempt < held:
+        return
+    top = data.report.hypotheses[0]
+    s.update(root_cause=top.category, root_cause_service=top.service,
+             root_cause_confidence=top.confidence, root_cause_summary=data.report.summary,
+             root_cause_attempt=data.attempt)  # fmt: skip
 
 
 def _since(s: dict[str, Any]) -> list[datetime | None]:
@@ -182,46 +194,6 @@ def _ends(s: dict[str, Any], fingerprint: str, starts_at: datetime) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCallRow:
-    incident_id: str
-    tool_call_id: str
-    tool_name: str
-    status: str
-    args: str | None = None
-    turn: int | None = None
-    requested_at: datetime | None = None
-    finished_at: datetime | None = None
-    duration_ms: float | None = None
-    timed_out: bool = False
-    error: str | None = None
-    result: str | None = None
-
-
-TOOL_EVENTS = (ToolRequested, ToolCompleted, ToolFailed)
-
-
-def fold_tool_call(row: ToolCallRow | None, events: Sequence[Event]) -> ToolCallRow:
-    """A tool call after `events` (all about it)."""
-    if row is None:
-        first = events[0].data
-        assert isinstance(first, TOOL_EVENTS)
-        row = ToolCallRow(events[0].incident_id, first.tool_call_id, first.tool_name, "requested")
-    return _fold(row, events, _tool_call_changes)
-
-
-def _tool_call_changes(event: Event) -> dict[str, Any]:
-    data, at = event.data, event.occurred_at
-    if isinstance(data, ToolRequested):
-        return {"args": _json(data.args), "turn": data.turn, "requested_at": at}
-    if isinstance(data, ToolCompleted):
-        return {"status": "completed", "finished_at": at, "duration_ms": data.duration_ms,
-                "result": _json(data.result)}  # fmt: skip
-    assert isinstance(data, ToolFailed)
-    return {"status": "failed", "finished_at": at, "duration_ms": data.duration_ms,
-            "timed_out": data.timed_out, "error": data.error}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
 class SagaStepRow:
     saga_id: str
     step: int
@@ -253,16 +225,16 @@ def fold_saga_step(row: SagaStepRow | None, events: Sequence[Event]) -> SagaStep
         first = events[0].data
         assert isinstance(first, SAGA_STEP_EVENTS)
         row = SagaStepRow(first.saga_id, first.step, events[0].incident_id, first.action, "started")
-    return _fold(row, events, _saga_step_changes)
+    return fold_changes(row, events, _saga_step_changes)
 
 
 def _saga_step_changes(event: Event) -> dict[str, Any]:
     data, at = event.data, event.occurred_at
     if isinstance(data, SagaStepStarted):
-        return {"status": "started", "params": _json(data.params),
+        return {"status": "started", "params": as_json(data.params),
                 "idempotency_key": data.idempotency_key, "started_at": at}  # fmt: skip
     if isinstance(data, SagaStepSucceeded):
-        return {"status": "succeeded", "finished_at": at, "output": _json(data.output)}
+        return {"status": "succeeded", "finished_at": at, "output": as_json(data.output)}
     if isinstance(data, SagaStepFailed):
         return {"status": "failed", "finished_at": at, "error": data.error}
     if isinstance(data, CompensationStarted):
@@ -273,15 +245,17 @@ def _saga_step_changes(event: Event) -> dict[str, Any]:
     return {"status": "compensation_failed", "error": data.error}
 
 
-def _fold(row: RowT, events: Sequence[Event], changes: Callable[[Event], dict[str, Any]]) -> RowT:
+def fold_changes(
+    row: RowT, events: Sequence[Event], changes: Callable[[Event], dict[str, Any]]
+) -> RowT:
     """Apply each event's changes to one mutable copy and build one row, not one per event."""
-    state = _state(row)
+    state = row_state(row)
     for event in events:
         state.update(changes(event))
     return type(row)(**state)
 
 
-def _state(row: Any) -> dict[str, Any]:
+def row_state(row: Any) -> dict[str, Any]:
     """A row's fields as a dict to fold into (attrgetter: far cheaper than dataclasses.replace)."""
     names = _FIELD_NAMES.get(type(row))
     if names is None:
@@ -292,5 +266,5 @@ def _state(row: Any) -> dict[str, Any]:
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def _json(value: Any) -> str:
+def as_json(value: Any) -> str:
     return orjson.dumps(value).decode()

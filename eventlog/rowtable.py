@@ -32,6 +32,7 @@ class RowTable(Generic[Row]):
         self._cached = cached
         self._cache: OrderedDict[Key, Row] = OrderedDict()
         self._staged: dict[Key, Row] = {}
+        self._name = f"staged_{table}"
 
     def key(self, row: Row) -> Key:
         return tuple(getattr(row, c) for c in self.key_cols)
@@ -50,10 +51,14 @@ class RowTable(Generic[Row]):
             found.update(self._select(cur, missing))
         return found
 
-    def save(self, cur: duckdb.DuckDBPyConnection, rows: dict[Key, Row], stored: set[Key]) -> None:
-        """Insert the new rows, update the stored ones; both join the cache on commit."""
-        self._write(cur, [r for k, r in rows.items() if k not in stored], update=False)
-        self._write(cur, [r for k, r in rows.items() if k in stored], update=True)
+    def save(
+        self, cur: duckdb.DuckDBPyConnection, rows: dict[Key, Row], stored: dict[Key, Row]
+    ) -> None:
+        """Insert the new rows and update the stored ones (`stored`: as they were loaded);
+        both join the cache on commit."""
+        self._insert(cur, [r for k, r in rows.items() if k not in stored])
+        changed = [(r, stored[k]) for k, r in rows.items() if k in stored and r != stored[k]]
+        self._update(cur, changed)
         self._staged.update(rows)
 
     def committed(self) -> None:
@@ -86,17 +91,30 @@ class RowTable(Generic[Row]):
             out[self.key(row)] = row
         return out
 
-    def _write(self, cur: duckdb.DuckDBPyConnection, rows: list[Row], *, update: bool) -> None:
-        if not rows:
+    def _insert(self, cur: duckdb.DuckDBPyConnection, rows: list[Row]) -> None:
+        if rows:
+            self._register(cur, rows, self.cols)
+            names = ", ".join(self.cols)
+            cur.execute(f"INSERT INTO {self.table} ({names}) SELECT {names} FROM {self._name}")
+            cur.unregister(self._name)
+
+    def _update(self, cur: duckdb.DuckDBPyConnection, changed: list[tuple[Row, Row]]) -> None:
+        """Set only the columns that changed in some row (`changed`: new and stored): DuckDB's
+        UPDATE costs by the columns it sets, and a batch mostly moves a row's counts and times."""
+        if not changed:
             return
-        name = f"staged_{self.table}"
-        columns = zip(*map(self._values, rows), strict=True)
-        cur.register(name, pa.table(dict(zip(self.cols, map(list, columns), strict=True))))
-        names = ", ".join(self.cols)
-        if update:
-            sets = ", ".join(f"{c} = s.{c}" for c in self.cols if c not in self.key_cols)
-            match = " AND ".join(f"{self.table}.{c} = s.{c}" for c in self.key_cols)
-            cur.execute(f"UPDATE {self.table} SET {sets} FROM {name} s WHERE {match}")
-        else:
-            cur.execute(f"INSERT INTO {self.table} ({names}) SELECT {names} FROM {name}")
-        cur.unregister(name)
+        moved = set(self.key_cols)
+        for new, old in changed:
+            pairs = zip(self.cols, self._values(new), self._values(old), strict=True)
+            moved.update(c for c, a, b in pairs if a != b)
+        cols = [c for c in self.cols if c in moved]
+        self._register(cur, [new for new, _ in changed], cols)
+        sets = ", ".join(f"{c} = s.{c}" for c in cols if c not in self.key_cols)
+        match = " AND ".join(f"{self.table}.{c} = s.{c}" for c in self.key_cols)
+        cur.execute(f"UPDATE {self.table} SET {sets} FROM {self._name} s WHERE {match}")
+        cur.unregister(self._name)
+
+    def _register(self, cur: duckdb.DuckDBPyConnection, rows: list[Row], cols: list[str]) -> None:
+        """Stage the values of `cols` in `rows` as an Arrow table DuckDB reads by name."""
+        values = dict(zip(self.cols, zip(*map(self._values, rows), strict=True), strict=True))
+        cur.register(self._name, pa.table({c: list(values[c]) for c in cols}))

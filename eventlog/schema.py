@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS incidents (
     acknowledged_by       VARCHAR,
     resolved_at           TIMESTAMPTZ,
     resolution            VARCHAR,
-    root_cause            VARCHAR,
+    root_cause            VARCHAR,             -- the latest report's top category
     root_cause_confidence DOUBLE,
     firing                VARCHAR[] NOT NULL,  -- fingerprints of anomalies still firing
     anomalies             INTEGER NOT NULL,
@@ -72,6 +72,29 @@ CREATE TABLE IF NOT EXISTS saga_steps (
     output          JSON,
     PRIMARY KEY (saga_id, step)
 );
+CREATE TABLE IF NOT EXISTS investigations (
+    incident_id    VARCHAR NOT NULL,
+    attempt        INTEGER NOT NULL,
+    model          VARCHAR,
+    reason         VARCHAR,
+    requested_by   VARCHAR,
+    status         VARCHAR NOT NULL,  -- running|concluded|partial
+    started_at     TIMESTAMPTZ,       -- NULL until its InvestigationStarted is seen
+    concluded_at   TIMESTAMPTZ,
+    duration_ms    DOUBLE,            -- concluded_at - started_at
+    model_requests INTEGER NOT NULL,
+    tool_calls     INTEGER NOT NULL,
+    input_tokens   BIGINT NOT NULL,
+    output_tokens  BIGINT NOT NULL,
+    cost           DOUBLE,            -- USD; NULL when nothing reported one
+    top_category   VARCHAR,           -- the report's first (most likely) hypothesis
+    top_service    VARCHAR,
+    top_confidence DOUBLE,
+    partial        BOOLEAN NOT NULL,
+    partial_reason VARCHAR,
+    summary        VARCHAR,
+    PRIMARY KEY (incident_id, attempt)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     stream      VARCHAR NOT NULL,    -- where the message was
     stream_seq  BIGINT NOT NULL,
@@ -101,9 +124,26 @@ CREATE OR REPLACE VIEW noisiest_alerts AS
     FROM events
     WHERE type = 'AnomalyDetected' AND coalesce(data->>'returned', 'false') = 'false'
     GROUP BY 1 ORDER BY firings DESC;
+CREATE OR REPLACE VIEW investigation_outcomes AS
+    SELECT coalesce(model, 'unknown') AS model,
+           count(*) AS investigations,
+           count(*) FILTER (WHERE status <> 'running') AS concluded,
+           round(avg(partial::INTEGER) FILTER (WHERE status <> 'running'), 3) AS partial_share,
+           round(avg(duration_ms) / 1000, 1) AS avg_seconds,
+           round(avg(tool_calls) FILTER (WHERE status <> 'running'), 1) AS avg_tool_calls,
+           sum(cost) AS cost_usd,
+           histogram(top_category) AS top_categories
+    FROM investigations GROUP BY 1 ORDER BY investigations DESC, model;
 """
 
-READ_MODEL_TABLES = ("events", "incidents", "tool_calls", "saga_steps", "dead_letters")
+READ_MODEL_TABLES = (
+    "events",
+    "incidents",
+    "investigations",
+    "tool_calls",
+    "saga_steps",
+    "dead_letters",
+)
 
 
 # Columns added since a file's tables were first made (a file of an older Vigil gets them).
@@ -111,6 +151,13 @@ ADDED_COLUMNS = """
 -- when each of `firing` began, in the same order: an ending (a resolution, a withdrawal) of
 -- an older firing of the same fingerprint leaves a newer one firing, whatever their order
 ALTER TABLE incidents ADD COLUMN IF NOT EXISTS firing_since TIMESTAMPTZ[];
+-- the root cause: the first (most likely) hypothesis of the latest attempt's report
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS root_cause_service VARCHAR;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS root_cause_summary VARCHAR;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS root_cause_attempt INTEGER;
+-- which attempt of the investigation asked for it; the earlier call a reused result is from
+ALTER TABLE tool_calls ADD COLUMN IF NOT EXISTS attempt INTEGER;
+ALTER TABLE tool_calls ADD COLUMN IF NOT EXISTS reused_from VARCHAR;
 """
 
 

@@ -14,17 +14,22 @@ import pyarrow as pa
 
 from eventlog.deadletter import DeadLetter
 from eventlog.envelope import Event
-from eventlog.readmodels import (
-    SAGA_STEP_EVENTS,
+from eventlog.investigations import (
+    INVESTIGATION_EVENTS,
     TOOL_EVENTS,
-    IncidentRow,
-    SagaStepRow,
+    InvestigationRow,
     ToolCallRow,
-    fold_incident,
-    fold_saga_step,
+    fold_investigation,
     fold_tool_call,
 )
-from eventlog.rowtable import Key, RowTable
+from eventlog.readmodels import (
+    SAGA_STEP_EVENTS,
+    IncidentRow,
+    SagaStepRow,
+    fold_incident,
+    fold_saga_step,
+)
+from eventlog.rowtable import Key, Row, RowTable
 from eventlog.schema import create_schema, database_id
 
 ENVELOPE_SHAPE = (
@@ -73,6 +78,10 @@ class ProjectionStore:
         self.incidents = RowTable("incidents", IncidentRow, ("incident_id",))
         self.tool_calls = RowTable("tool_calls", ToolCallRow, ("incident_id", "tool_call_id"))
         self.saga_steps = RowTable("saga_steps", SagaStepRow, ("saga_id", "step"))
+        self.investigations = RowTable(
+            "investigations", InvestigationRow, ("incident_id", "attempt")
+        )
+        self.tables = (self.incidents, self.investigations, self.tool_calls, self.saga_steps)
         # Mirrors projector_checkpoints, updated only after a commit: cheap to read from any task.
         self._last_seq = dict(
             self.con.execute("SELECT stream, last_seq FROM projector_checkpoints").fetchall()
@@ -111,12 +120,12 @@ class ProjectionStore:
             cur.commit()
         except BaseException:
             cur.rollback()
-            for table in (self.incidents, self.tool_calls, self.saga_steps):
+            for table in self.tables:
                 table.rolled_back()
             raise
         finally:
             cur.close()
-        for table in (self.incidents, self.tool_calls, self.saga_steps):
+        for table in self.tables:
             table.committed()
         self._last_seq[stream] = batch[-1].seq
         return len(inserted)
@@ -148,26 +157,33 @@ class ProjectionStore:
         for event, seq in zip(events, seqs, strict=True):
             by_incident.setdefault((event.incident_id,), []).append((event, seq))
         incidents = self.incidents.load(cur, by_incident)
-        stored = set(incidents)
+        stored = dict(incidents)
         for key, items in by_incident.items():
             after = fold_incident(incidents.get(key), items)
             if after is not None:
                 incidents[key] = after
         self.incidents.save(cur, incidents, stored)
 
+        attempts = _group(events, INVESTIGATION_EVENTS, lambda e: (e.incident_id, e.data.attempt))
+        _fold_rows(cur, self.investigations, attempts, fold_investigation)
         tools = _group(events, TOOL_EVENTS, lambda e: (e.incident_id, e.data.tool_call_id))
-        calls = self.tool_calls.load(cur, tools)
-        stored = set(calls)
-        for key, evs in tools.items():
-            calls[key] = fold_tool_call(calls.get(key), evs)
-        self.tool_calls.save(cur, calls, stored)
-
+        _fold_rows(cur, self.tool_calls, tools, fold_tool_call)
         sagas = _group(events, SAGA_STEP_EVENTS, lambda e: (e.data.saga_id, e.data.step))
-        steps = self.saga_steps.load(cur, sagas)
-        stored = set(steps)
-        for key, evs in sagas.items():
-            steps[key] = fold_saga_step(steps.get(key), evs)
-        self.saga_steps.save(cur, steps, stored)
+        _fold_rows(cur, self.saga_steps, sagas, fold_saga_step)
+
+
+def _fold_rows(
+    cur: duckdb.DuckDBPyConnection,
+    table: RowTable[Row],
+    groups: dict[Key, list[Event]],
+    fold: Callable[[Row | None, Sequence[Event]], Row],
+) -> None:
+    """Fold each group of events into its row of `table` (one row per key)."""
+    rows = table.load(cur, groups)
+    stored = dict(rows)
+    for key, evs in groups.items():
+        rows[key] = fold(rows.get(key), evs)
+    table.save(cur, rows, stored)
 
 
 def _group(

@@ -379,7 +379,7 @@ def print_result(result: QueryResult, fmt: Format) -> None:
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(result.columns)
-        writer.writerows(result.rows)
+        writer.writerows([[_csv_cell(v) for v in row] for row in result.rows])
         sys.stdout.write(buf.getvalue())
     else:
         table = Table(*result.columns)
@@ -388,6 +388,11 @@ def print_result(result: QueryResult, fmt: Format) -> None:
         console.print(table)
     if result.truncated:
         err.print(f"(only the first {len(result.rows)} rows; raise --max-rows for more)")
+
+
+def _csv_cell(value: Any) -> Any:
+    """Lists and maps as JSON, as the other formats write them (not Python's repr)."""
+    return orjson.dumps(value).decode() if isinstance(value, list | dict) else value
 
 
 def _cell(value: Any) -> str:

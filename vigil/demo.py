@@ -10,6 +10,20 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from pydantic_ai.messages import (
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelRequestPart,
+    ModelResponse,
+    ModelResponsePart,
+    SystemPromptPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.usage import RequestUsage
 
 from eventlog.envelope import Event, new_event
 from eventlog.payloads import (
@@ -32,10 +46,14 @@ from eventlog.payloads import (
     ToolRequested,
     VerificationPassed,
 )
+from eventlog.payloads.investigation import RootCauseReport, RuledOut
 
 DEMO_QUERIES = {
-    "incidents": "SELECT status, title, service, root_cause, "
+    "incidents": "SELECT status, title, service, root_cause, root_cause_service, "
     "round(root_cause_confidence, 2) AS confidence, resolution FROM incidents",
+    "investigations": "SELECT attempt, model, status, round(duration_ms / 1000, 1) AS seconds, "
+    "model_requests, tool_calls, input_tokens + output_tokens AS tokens, summary "
+    "FROM investigations",
     "time to resolve": "SELECT * FROM mttr_by_service",
     "tool calls": "SELECT tool_name, status, duration_ms FROM tool_calls ORDER BY requested_at",
     "saga steps": "SELECT saga_id, step, action, status FROM saga_steps ORDER BY step",
@@ -52,6 +70,9 @@ class _Story:
         self.incident = "demo-" + hashlib.sha256(t0.isoformat().encode()).hexdigest()[:12]
         self.events: list[Event] = []
 
+    def at(self, minutes: float) -> datetime:
+        return self.t0 + timedelta(minutes=minutes)
+
     def add(self, data: Payload, minutes: float, source: str, *, incident: str = "") -> None:
         own = not incident
         cause = next((e for e in reversed(self.events) if e.incident_id == self.incident), None)
@@ -62,7 +83,7 @@ class _Story:
                 source=source,
                 caused_by=cause if own else None,
                 event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{self.incident}/{len(self.events)}"),
-                occurred_at=self.t0 + timedelta(minutes=minutes),
+                occurred_at=self.at(minutes),
             )
         )
 
@@ -92,19 +113,123 @@ def _the_alert(story: _Story) -> None:
     )  # fmt: skip
 
 
+MODEL = "builtin"
+SYSTEM_PROMPT = (
+    "You investigate incidents. Ask for the tools you need, then answer with a report whose "
+    "hypotheses are ranked and cite the tool calls that are their evidence."
+)
+P99 = ('histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket'
+       '{service="checkout"}[5m])))')  # fmt: skip
+RATE = 'sum(rate(http_requests_total{service="checkout"}[5m]))'
+
+
 def _the_investigation(story: _Story) -> None:
-    story.add(InvestigationStarted(model="builtin"), 0.1, "responder")
-    story.add(AgentStep(turn=0, kind="response", model="builtin"), 0.2, "responder")
-    tools = [("prometheus_range", 41.0), ("recent_changes", 7.5), ("related_alerts", 12.0)]
-    for i, (tool, ms) in enumerate(tools):
-        story.add(ToolRequested(tool_call_id=f"call-{i}", tool_name=tool), 0.3, "responder")
-        done = ToolCompleted(tool_call_id=f"call-{i}", tool_name=tool, duration_ms=ms)
-        story.add(done, 0.4, "worker")
-    deploy = Hypothesis(cause="deploy v2.14.0 of checkout", confidence=0.86,
-                        evidence=["call-0", "call-1"])  # fmt: skip
-    database = Hypothesis(cause="database saturation", confidence=0.09, evidence=["call-2"])
-    summary = "p99 rose 3 minutes after deploy v2.14.0"
-    story.add(RootCauseConcluded(summary=summary, hypotheses=[deploy, database]), 1, "responder")
+    """Two model requests: the first asks for three tools, the second reads their results
+    and answers with the report (pydantic-ai's output tool, `final_result`)."""
+    now, onset = story.at(0.1), story.t0 - timedelta(minutes=3)  # p99 rose before the alert
+    started = InvestigationStarted(model=MODEL, now=now, onset=onset)
+    story.add(started, 0.1, "responder")
+    calls = _tool_calls(story, now, onset)
+    asked = [ToolCallPart(c.tool, c.args, tool_call_id=c.id) for c in calls]
+    prompt = UserPromptPart(f"CheckoutLatencyHigh fired at {story.t0.isoformat()} on checkout "
+                            "(p99 2.4 s). Find the root cause.", timestamp=now)  # fmt: skip
+    first = _step(story, 0, [SystemPromptPart(SYSTEM_PROMPT, timestamp=now), prompt], asked,
+                  RequestUsage(input_tokens=1420, output_tokens=186), 0.2)  # fmt: skip
+    story.add(first, 0.2, "responder")
+    for c in calls:
+        requested = ToolRequested(tool_call_id=c.id, tool_name=c.tool, args=c.args, attempt=1,
+                                  turn=0, now=now, onset=onset)  # fmt: skip
+        story.add(requested, 0.25, "responder")
+    for c in calls:
+        done = ToolCompleted(tool_call_id=c.id, tool_name=c.tool, result=c.result, duration_ms=c.ms)
+        story.add(done, 0.3, "worker")
+    returned = [ToolReturnPart(c.tool, c.result, tool_call_id=c.id, timestamp=story.at(0.3))
+                for c in calls]  # fmt: skip
+    report = _report()
+    answer = [ToolCallPart("final_result", report.model_dump(mode="json"), tool_call_id="final")]
+    second = _step(story, 1, returned, answer, RequestUsage(input_tokens=2954, output_tokens=412),
+                   0.9)  # fmt: skip
+    story.add(second, 0.9, "responder")
+    usage = (first.input_tokens + second.input_tokens, first.output_tokens + second.output_tokens)
+    concluded = RootCauseConcluded(attempt=1, model=MODEL, report=report, model_requests=2,
+                                   tool_calls=len(calls), input_tokens=usage[0],
+                                   output_tokens=usage[1])  # fmt: skip
+    story.add(concluded, 1, "responder")
+
+
+class _Call(NamedTuple):
+    """A tool call of the demo and the worker's answer to it."""
+
+    id: str
+    tool: str
+    args: dict[str, Any]
+    result: dict[str, Any]
+    ms: float
+
+
+def _tool_calls(story: _Story, now: datetime, onset: datetime) -> list[_Call]:
+    """What the model asks for first, answered as `prometheus_range` and `recent_changes`
+    answer."""
+    window = {"from": (onset - timedelta(minutes=30)).isoformat(), "onset": onset.isoformat(),
+              "to": now.isoformat(), "total_series": 1}  # fmt: skip
+    p99 = {**window, "series": [{"labels": {"service": "checkout"},
+           "before": {"n": 60, "mean": 0.212, "min": 0.181, "max": 0.263, "last": 0.205},
+           "after": {"n": 7, "mean": 2.31, "min": 1.94, "max": 2.61, "last": 2.4},
+           "change": 9.8962}]}  # fmt: skip
+    rate = {**window, "series": [{"labels": {"service": "checkout"},
+            "before": {"n": 60, "mean": 412.3, "min": 371.0, "max": 455.8, "last": 409.1},
+            "after": {"n": 7, "mean": 405.2, "min": 388.4, "max": 421.7, "last": 402.6},
+            "change": -0.0172}]}  # fmt: skip
+    deployed = story.t0 - timedelta(minutes=6)
+    changes = {"changes": [{"service": "checkout", "kind": "deploy",
+               "description": "deploy v2.14.0", "at": deployed.isoformat(),
+               "minutes_before_now": round((now - deployed).total_seconds() / 60, 1),
+               "ref": "v2.14.0"}], "total": 1}  # fmt: skip
+    ranged = {"onset": onset.isoformat(), "before_minutes": 30, "step_seconds": 30}
+    return [
+        _Call("call-0", "prometheus_range", {"query": P99, **ranged}, p99, 41.0),
+        _Call("call-1", "recent_changes", {"service": "checkout", "hours": 2}, changes, 7.5),
+        _Call("call-2", "prometheus_range", {"query": RATE, **ranged}, rate, 38.0),
+    ]
+
+
+def _report() -> RootCauseReport:
+    deploy = Hypothesis(category="deploy_or_config_change", service="checkout", confidence=0.86,
+                        explanation="p99 went from 0.21 s to 2.31 s (means before and after the "
+                        "onset) 3 minutes after deploy v2.14.0 of checkout; traffic was flat",
+                        evidence=["call-0", "call-1", "call-2"])  # fmt: skip
+    saturation = Hypothesis(category="resource_saturation", service="checkout", confidence=0.09,
+                            explanation="latency this high can come from saturation; checkout's "
+                            "CPU and memory were not looked at", evidence=["call-0"])  # fmt: skip
+    surge = RuledOut(what="a traffic surge", category="traffic_surge", service="checkout",
+                     reason="412 requests/s before the onset, 405 after",
+                     evidence=["call-2"])  # fmt: skip
+    return RootCauseReport(
+        summary="deploy v2.14.0 of checkout raised its p99 latency from 0.21 s to 2.3 s",
+        hypotheses=[deploy, saturation],
+        ruled_out=[surge],
+        gaps=["checkout's CPU and memory were not queried"],
+    )
+
+
+def _step(
+    story: _Story,
+    step: int,
+    sent: list[ModelRequestPart],
+    answered: list[ModelResponsePart],
+    usage: RequestUsage,
+    minutes: float,
+) -> AgentStep:
+    """One model request and its response, as pydantic-ai serialises them."""
+    at = story.at(minutes)
+    request = ModelRequest(parts=sent, timestamp=at - timedelta(seconds=3))
+    response = ModelResponse(parts=answered, usage=usage, model_name=MODEL, timestamp=at)
+    request_json, response_json = ModelMessagesTypeAdapter.dump_python(
+        [request, response], mode="json"
+    )
+    return AgentStep(attempt=1, step=step, turn=step, model=MODEL, request=request_json,
+                     response=response_json, input_tokens=usage.input_tokens,
+                     output_tokens=usage.output_tokens, duration_ms=3000.0)  # fmt: skip
 
 
 def _the_remediation(story: _Story) -> None:

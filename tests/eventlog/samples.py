@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from eventlog.envelope import Event, new_event
 from eventlog.payloads import (
@@ -38,9 +39,37 @@ from eventlog.payloads import (
     VerificationFailed,
     VerificationPassed,
 )
+from eventlog.payloads.investigation import Category, RootCauseReport
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 STEP = RemediationAction(action="restart", params={"service": "api"}, compensation="noop")
+
+
+def agent_step(step: int = 0, attempt: int = 1, model: str = "m", **usage: Any) -> AgentStep:
+    """A small model request and response, shaped like pydantic-ai's message JSON."""
+    request = {"kind": "request", "parts": [{"part_kind": "user-prompt", "content": "why?"}]}
+    response = {"kind": "response", "model_name": model,
+                "parts": [{"part_kind": "text", "content": f"step {step}"}]}  # fmt: skip
+    return AgentStep(attempt=attempt, step=step, turn=step, model=model, request=request,
+                     response=response, **usage)  # fmt: skip
+
+
+def concluded(
+    category: Category = "deploy_or_config_change",
+    service: str | None = "api",
+    confidence: float = 0.9,
+    *,
+    summary: str = "p99 rose after the deploy",
+    **fields: Any,
+) -> RootCauseConcluded:
+    """An attempt's conclusion whose top hypothesis is (category, service, confidence)."""
+    top = Hypothesis(category=category, service=service, confidence=confidence,
+                     explanation="p99 0.2s -> 2.4s after v2", evidence=["c1"])  # fmt: skip
+    other = Hypothesis(category="unknown", confidence=0.05, explanation="nothing else moved")
+    partial = bool(fields.get("partial_reason"))
+    report = RootCauseReport(summary=summary, hypotheses=[top, other], partial=partial)
+    return RootCauseConcluded(report=report, **fields)
+
 
 SAMPLES: list[Payload] = [
     AnomalyDetected(origin="alertmanager", name="HighCPU", fingerprint="f1", starts_at=T0,
@@ -51,11 +80,11 @@ SAMPLES: list[Payload] = [
     AnomalyPredicted(name="DiskFull", fingerprint="d1", current_value=0.8, threshold=0.95,
                      predicted_crossing_at=T0 + timedelta(hours=2), horizon_seconds=14400),
     InvestigationStarted(model="builtin"),
-    AgentStep(turn=0, kind="request", model="builtin", messages=[{"parts": []}]),
-    ToolRequested(tool_call_id="c1", tool_name="prom_query", args={"q": "up"}),
+    agent_step(0, model="builtin", input_tokens=120, output_tokens=30, cost=0.001),
+    ToolRequested(tool_call_id="c1", tool_name="prom_query", args={"q": "up"}, attempt=1),
     ToolCompleted(tool_call_id="c1", tool_name="prom_query", result=[1, 2], duration_ms=4.5),
     ToolFailed(tool_call_id="c2", tool_name="logs", error="timeout", timed_out=True),
-    RootCauseConcluded(summary="deploy", hypotheses=[Hypothesis(cause="deploy", confidence=0.9)]),
+    concluded(model="builtin", model_requests=2, tool_calls=2, partial_reason="tool timeout"),
     RemediationProposed(saga_id="s1", steps=[STEP], mode="approval"),
     RemediationApproved(saga_id="s1", by="alice"),
     RemediationRejected(saga_id="s1", by="bob", reason="no"),
@@ -85,4 +114,4 @@ def event(data: Payload, incident: str = "inc-1", minute: float = 0.0) -> Event:
 
 def steps(n: int, incident: str = "inc-1") -> list[Event]:
     """n small events, as many as a test needs."""
-    return [event(AgentStep(turn=i, kind="request", model="m"), incident) for i in range(n)]
+    return [event(agent_step(i), incident) for i in range(n)]

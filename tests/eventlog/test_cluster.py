@@ -21,11 +21,11 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from eventlog.envelope import Event, new_event
-from eventlog.payloads import AgentStep
 from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher, PublishError
 from eventlog.store import ProjectionStore
 from eventlog.stream import EVENTS_STREAM, connect, ensure_streams
+from tests.eventlog.samples import agent_step
 from tests.eventlog.stream_reading import stream_events
 from vigil.broker import ClusterPeer, EmbeddedNats
 
@@ -223,7 +223,7 @@ async def found_in_stream(js: JetStreamContext, ids: set[uuid.UUID]) -> str:
 def make_batch(n: int) -> list[Event]:
     return [
         new_event(
-            AgentStep(turn=i, kind="request", model="m"),
+            agent_step(i),
             incident_id=f"inc-{n % 7}",
             source="test-cluster",
         )

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from eventlog.envelope import EVENT_TYPES, MalformedEvent, new_event, parse_event
-from eventlog.payloads import PAYLOAD_TYPES, AgentStep, AnomalyDetected
-from tests.eventlog.samples import SAMPLES, T0, event
+from eventlog.payloads import PAYLOAD_TYPES, AnomalyDetected
+from tests.eventlog.samples import SAMPLES, T0, agent_step, event
 
 
 def test_every_event_type_has_a_sample() -> None:
@@ -53,7 +53,7 @@ def test_payload_of_the_wrong_shape_names_the_field() -> None:
 
 
 def test_payload_of_another_type_is_refused() -> None:
-    raw = orjson.loads(event(AgentStep(turn=0, kind="request", model="m")).to_json())
+    raw = orjson.loads(event(agent_step()).to_json())
     raw["type"] = "AnomalyDetected"
     with pytest.raises(MalformedEvent, match=r"AnomalyDetected\.data"):
         parse_event(orjson.dumps(raw))

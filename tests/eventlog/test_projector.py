@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,11 +21,9 @@ from eventlog.payloads import (
     AnomalyWithdrawn,
     CompensationStarted,
     CompensationSucceeded,
-    Hypothesis,
     IncidentAcknowledged,
     IncidentResolved,
     InvestigationStarted,
-    RootCauseConcluded,
     SagaStarted,
     SagaStepFailed,
     SagaStepStarted,
@@ -43,41 +39,12 @@ from eventlog.schema import READ_MODEL_TABLES
 from eventlog.sql_service import request_sql
 from eventlog.store import ProjectionStore
 from eventlog.stream import DEAD_LETTER_STREAM, EVENTS_STREAM
-from tests.eventlog.samples import T0, event, steps
+from tests.eventlog.projecting import fired, projecting, rows
+from tests.eventlog.samples import T0, concluded, event, steps
 from vigil.broker import EmbeddedNats
 from vigil.runtime import read_runtime
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@contextlib.asynccontextmanager
-async def projecting(js: JetStreamContext, path: Path) -> AsyncIterator[Projector]:
-    store = ProjectionStore(path)
-    projector = Projector(js, store, batch=200)
-    stop = asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
-    try:
-        yield projector
-    finally:
-        stop.set()
-        await task
-        store.close()
-
-
-def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def fired(fp: str, minute: float, incident: str = "inc-1", severity: str = "warning") -> object:
-    return event(
-        AnomalyDetected(origin="alertmanager", name="HighLatency", fingerprint=fp, starts_at=T0,
-                        service="api", severity=severity),
-        incident, minute,
-    )  # fmt: skip
 
 
 async def test_incident_read_model_follows_the_story(js: JetStreamContext, db_path: Path) -> None:
@@ -89,9 +56,7 @@ async def test_incident_read_model_follows_the_story(js: JetStreamContext, db_pa
         event(ToolRequested(tool_call_id="c2", tool_name="logs"), minute=2),
         event(ToolCompleted(tool_call_id="c1", tool_name="prom", duration_ms=5, result=[1])),
         event(ToolFailed(tool_call_id="c2", tool_name="logs", error="boom", timed_out=True)),
-        event(RootCauseConcluded(summary="s", hypotheses=[
-            Hypothesis(cause="db", confidence=0.2), Hypothesis(cause="deploy", confidence=0.7)
-        ]), minute=4),
+        event(concluded("deploy_or_config_change", "api", 0.7), minute=4),
         event(IncidentAcknowledged(by="alice"), minute=5),
         event(IncidentAcknowledged(by="bob"), minute=6),
         event(AnomalyResolved(origin="alertmanager", name="HighLatency", fingerprint="a",
@@ -111,7 +76,7 @@ async def test_incident_read_model_follows_the_story(js: JetStreamContext, db_pa
             " FROM tool_calls ORDER BY tool_call_id"
         ).fetchall()
     status, severity, cause, conf, acked_by, firing, anomalies, tool_calls, count, how, opened, resolved = incident  # fmt: skip  # noqa: E501
-    assert (status, severity, cause, conf, acked_by) == ("resolved", "critical", "deploy", 0.7, "alice")  # fmt: skip  # noqa: E501
+    assert (status, severity, cause, conf, acked_by) == ("resolved", "critical", "deploy_or_config_change", 0.7, "alice")  # fmt: skip  # noqa: E501
     assert firing == ["b"]
     assert (anomalies, tool_calls, count, how) == (2, 2, 12, "alert_resolved")
     assert opened == T0 and (resolved - opened).total_seconds() == 8 * 60
@@ -344,16 +309,21 @@ async def test_replay_rebuilds_the_same_rows(js: JetStreamContext, tmp_path: Pat
         await projector.wait_for(acks[-1].seq)
     rebuilt = tmp_path / "rebuilt.duckdb"
     report = await replay(js, rebuilt)
-    assert report.events == 19 + 2 + 500 and report.dead_letters == 1
+    assert report.events == 20 + 2 + 500 and report.dead_letters == 1
     for table in READ_MODEL_TABLES:
         query = f"SELECT * FROM {table} ORDER BY ALL"
         assert rows(rebuilt, query) == rows(live, query), table
+    # the demo's investigation, and inc-9's steps of an attempt never seen starting
+    assert rows(rebuilt, "SELECT status, model_requests FROM investigations ORDER BY 1") == [
+        ("concluded", 2),
+        ("running", 500),
+    ]
     assert rows(rebuilt, "SELECT last_seq FROM projector_checkpoints ORDER BY stream") == rows(
         live, "SELECT last_seq FROM projector_checkpoints ORDER BY stream"
     )
     # Replaying over an existing file replaces it whole.
     await replay(js, live)
-    assert rows(live, "SELECT count(*) FROM events") == [(521,)]
+    assert rows(live, "SELECT count(*) FROM events") == [(522,)]
     assert EVENTS_STREAM in {s for (s,) in rows(live, "SELECT stream FROM projector_checkpoints")}
 
 
@@ -372,9 +342,9 @@ async def test_a_tool_call_id_used_again_updates_its_row(
         await projector.wait_for(acks[-1].seq)
         acks = await publisher.publish_many(again)
         await projector.wait_for(acks[-1].seq)
-    assert rows(db_path, "SELECT tool_call_id, turn, count(*) OVER () FROM tool_calls") == [
-        ("call-0", 1, 1)
-    ]
+    assert rows(
+        db_path, "SELECT tool_call_id, turn, status, result, count(*) OVER () FROM tool_calls"
+    ) == [("call-0", 1, "requested", None, 1)]  # the new call has no outcome yet
 
 
 async def test_a_failed_write_stops_the_projector_with_its_cause(

@@ -95,6 +95,9 @@ def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
                 "SELECT * FROM tool_calls ORDER BY incident_id, tool_call_id"
             ).fetchall(),
             "saga_steps": con.execute("SELECT * FROM saga_steps ORDER BY saga_id, step").fetchall(),
+            "investigations": con.execute(
+                "SELECT * FROM investigations ORDER BY incident_id, attempt"
+            ).fetchall(),
         }
     finally:
         con.close()
@@ -431,11 +434,13 @@ async def test_replay_rebuilds_the_file_from_the_stream(
     n = len(story())
     assert len(before["events"]) == n and len(before["incidents"]) == 3
     assert len(before["tool_calls"]) == 3 and len(before["saga_steps"]) == 1
+    assert len(before["investigations"]) == 1
 
     # Damage the read model, so only a rebuild from the stream can bring it back.
     con = duckdb.connect(str(db))
     con.execute("DELETE FROM incidents")
     con.execute("DELETE FROM tool_calls")
+    con.execute("DELETE FROM investigations")
     con.execute("UPDATE events SET source = 'tampered' WHERE seq = 1")
     con.close()
     assert snapshot(db) != before
@@ -473,11 +478,12 @@ async def test_demo(tmp_path: Path) -> None:
     env = vigil_env(columns=200)  # the default data dir: ./.vigil in the working directory
     done = await run_vigil("demo", env=env, cwd=tmp_path)
     assert done.rc == 0, done
-    assert "appended 19 events to VIGIL_EVENTS (NATS nats://127.0.0.1:" in done.out
+    assert "appended 20 events to VIGIL_EVENTS (NATS nats://127.0.0.1:" in done.out
     assert "rollback_deployment" in done.out
     incident_row = next(line for line in done.out.splitlines() if "CheckoutLatencyHigh" in line)
     assert "resolved" in incident_row and "remediation" in incident_row
-    assert "deploy v2.14.0 of checkout" in incident_row and "0.86" in incident_row
+    assert "deploy_or_config_change" in incident_row and "0.86" in incident_row
+    assert "deploy v2.14.0 of checkout raised its p99" in done.out  # the investigation's summary
     assert (tmp_path / ".vigil" / "vigil.duckdb").exists()
     assert not (tmp_path / ".vigil" / "runtime.json").exists()
     # what the demo left behind is a normal read model
@@ -485,6 +491,12 @@ async def test_demo(tmp_path: Path) -> None:
         "sql", "SELECT status FROM incidents", "-f", "json", env=env, cwd=tmp_path
     )
     assert json.loads(done.out) == [{"status": "resolved"}]
+    sql = "SELECT model, investigations, top_categories FROM investigation_outcomes"
+    done = await run_vigil("sql", sql, "-f", "csv", env=env, cwd=tmp_path)
+    assert list(csv.reader(io.StringIO(done.out))) == [
+        ["model", "investigations", "top_categories"],
+        ["builtin", "1", '{"deploy_or_config_change":1}'],  # a map as JSON, not Python's repr
+    ]
 
 
 async def test_up_stops_with_one_line_when_its_projector_cannot_start(tmp_path: Path) -> None:

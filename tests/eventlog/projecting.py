@@ -1,0 +1,50 @@
+"""Helpers for tests that run the projector against a real nats-server and read its file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import duckdb
+from nats.js import JetStreamContext
+
+from eventlog.envelope import Event
+from eventlog.payloads import AnomalyDetected
+from eventlog.projector import Projector
+from eventlog.store import ProjectionStore
+from tests.eventlog.samples import T0, event
+
+
+@contextlib.asynccontextmanager
+async def projecting(
+    js: JetStreamContext, path: Path, *, batch: int = 200
+) -> AsyncIterator[Projector]:
+    """A projector following the stream into the file at `path`, stopped on exit."""
+    store = ProjectionStore(path)
+    projector = Projector(js, store, batch=batch)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        yield projector
+    finally:
+        stop.set()
+        await task
+        store.close()
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def fired(fp: str, minute: float, incident: str = "inc-1", severity: str = "warning") -> Event:
+    return event(
+        AnomalyDetected(origin="alertmanager", name="HighLatency", fingerprint=fp, starts_at=T0,
+                        service="api", severity=severity),
+        incident, minute,
+    )  # fmt: skip
