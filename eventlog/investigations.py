@@ -158,11 +158,13 @@ def _apply_tool_call(s: dict[str, Any], event: Event) -> None:
             # After a timeout the result still came: completed, and `timed_out` and `error`
             # stay, since what the model was told was the failure.
             s.update(status="completed", finished_at=at, duration_ms=done.duration_ms,
-                     result=as_json(done.result), reused_from=done.reused_from)  # fmt: skip
+                     result=as_json(done.result), reused_from=done.reused_from,
+                     attempt=s["attempt"] or done.attempt)  # fmt: skip
         case ToolFailed() as failed if s["status"] == "completed":
             # Given up on just as the result came: the result stands, the failure is told too.
             s.update(timed_out=s["timed_out"] or failed.timed_out, error=failed.error)
         case ToolFailed() as failed:
             s.update(status="failed", finished_at=at, duration_ms=failed.duration_ms,
                      timed_out=failed.timed_out, error=failed.error,
-                     reused_from=failed.reused_from)  # fmt: skip
+                     reused_from=failed.reused_from,
+                     attempt=s["attempt"] or failed.attempt)  # fmt: skip

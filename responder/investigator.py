@@ -189,13 +189,14 @@ class Investigator:
                 result=earlier.result,
                 duration_ms=0.0,
                 reused_from=earlier.tool_call_id,
+                attempt=attempt.number,
             )
             events.append(
                 new_event(
                     reused,
                     incident_id=inv.incident_id,
                     source=SOURCE,
-                    event_id=outcome_id(inv.incident_id, call.tool_call_id),
+                    event_id=outcome_id(inv.incident_id, attempt.number, call.tool_call_id),
                 )
             )
         acks = await self.publisher.publish_many(events)
@@ -308,6 +309,7 @@ class Investigator:
             error=f"no answer within {asked.timeout_seconds:g}s",
             timed_out=True,
             duration_ms=asked.timeout_seconds * 1000,
+            attempt=asked.attempt,
         )
         key = f"{asked.attempt}|timed-out|{asked.tool_call_id}"
         await self.publisher.publish(self._event(inv, failed, key, caused_by=event))

@@ -134,7 +134,7 @@ def apply(inv: Investigation, event: Event, seq: int) -> None:
             if attempt is not None and data.attempt == attempt.number:
                 attempt.requested.setdefault(data.tool_call_id, data)
         case ToolCompleted() | ToolFailed():
-            if attempt is not None:
+            if attempt is not None and data.attempt in (None, attempt.number):
                 attempt.outcomes.setdefault(data.tool_call_id, data)
         case RootCauseConcluded():
             if attempt is not None and data.attempt == attempt.number:

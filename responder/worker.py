@@ -88,18 +88,22 @@ async def run_request(
         context = _context(received, request, js, nc, settings)
         result = await _run(context, request, registry)
         outcome = ToolCompleted(tool_call_id=request.tool_call_id, tool_name=request.tool_name,
-                                result=result, duration_ms=_ms(started))  # fmt: skip
+                                result=result, duration_ms=_ms(started),
+                                attempt=request.attempt)  # fmt: skip
     except TimeoutError:
         outcome = ToolFailed(tool_call_id=request.tool_call_id, tool_name=request.tool_name,
                              error=f"no answer within {request.timeout_seconds:g}s",
-                             timed_out=True, duration_ms=_ms(started))  # fmt: skip
+                             timed_out=True, duration_ms=_ms(started),
+                             attempt=request.attempt)  # fmt: skip
     except Exception as exc:  # the tool's own failure is the fact to record, not ours
         outcome = ToolFailed(tool_call_id=request.tool_call_id, tool_name=request.tool_name,
-                             error=_reason(exc), duration_ms=_ms(started))  # fmt: skip
+                             error=_reason(exc), duration_ms=_ms(started),
+                             attempt=request.attempt)  # fmt: skip
     incident = received.event.incident_id
     outcome_event = new_event(
         outcome, incident_id=incident, source=SOURCE,
-        event_id=outcome_id(incident, request.tool_call_id), caused_by=received.event,
+        event_id=outcome_id(incident, request.attempt, request.tool_call_id),
+        caused_by=received.event,
     )  # fmt: skip
     await publisher.publish(outcome_event)
 
@@ -138,9 +142,9 @@ async def _run(context: ToolContext, request: ToolRequested, registry: ToolRegis
     return orjson.loads(raw)
 
 
-def outcome_id(incident_id: str, tool_call_id: str) -> uuid.UUID:
+def outcome_id(incident_id: str, attempt: int, tool_call_id: str) -> uuid.UUID:
     """The id of a call's outcome: a request run twice (redelivered) records one."""
-    return uuid.uuid5(OUTCOME_NAMESPACE, f"{incident_id}|{tool_call_id}")
+    return uuid.uuid5(OUTCOME_NAMESPACE, f"{incident_id}|{attempt}|{tool_call_id}")
 
 
 def _ms(started: float) -> float:

@@ -82,6 +82,7 @@ class ToolCompleted(Payload):
     result: Any = None
     duration_ms: float = Field(ge=0)
     reused_from: str | None = None
+    attempt: int | None = Field(default=None, ge=1)
 
 
 class ToolFailed(Payload):
@@ -94,6 +95,7 @@ class ToolFailed(Payload):
     timed_out: bool = False
     duration_ms: float = Field(default=0.0, ge=0)
     reused_from: str | None = None
+    attempt: int | None = Field(default=None, ge=1)
 
 
 class Hypothesis(Payload):
