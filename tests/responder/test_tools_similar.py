@@ -14,7 +14,8 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from eventlog.envelope import new_event
-from eventlog.payloads import AnomalyDetected, IncidentResolved, Payload
+from eventlog.payloads import AnomalyDetected, IncidentResolved, Payload, RootCauseConcluded
+from eventlog.payloads.investigation import Hypothesis, RootCauseReport
 from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher
 from eventlog.sql import SqlError
@@ -38,6 +39,23 @@ def fired(name: str, service: str, fingerprint: str) -> AnomalyDetected:
 
 STORY: list[tuple[str, float, Payload]] = [  # incident, when (hours from NOW), fact
     ("inc-a", -72, fired("CheckoutErrors", "checkout", "a")),
+    (
+        "inc-a",
+        -71.9,
+        RootCauseConcluded(
+            report=RootCauseReport(
+                summary="v42 broke checkout",
+                hypotheses=[
+                    Hypothesis(
+                        category="deploy_or_config_change",
+                        service="checkout",
+                        confidence=0.8,
+                        explanation="errors after v42",
+                    )
+                ],
+            )
+        ),
+    ),
     ("inc-a", -71.5, IncidentResolved(how="remediation", by="alice")),
     ("inc-b", -48, fired("SearchSlow", "search", "b1")),
     ("inc-b", -47.9, fired("CheckoutErrors", "search", "b2")),  # not its first alert
@@ -59,15 +77,6 @@ async def read_model(js: JetStreamContext, nc: NATS, db_path: Path) -> AsyncIter
     store = ProjectionStore(db_path)
     last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
     await Projector(js, store).catch_up({EVENTS_STREAM: last})
-    # The read model of the report's new shape (on its way from another branch) adds these
-    # columns and fills them from RootCauseConcluded: here, as that fold will.
-    store.con.execute(
-        "ALTER TABLE incidents ADD COLUMN root_cause_service VARCHAR;"
-        "ALTER TABLE incidents ADD COLUMN root_cause_summary VARCHAR;"
-        "UPDATE incidents SET root_cause = 'deploy_or_config_change', "
-        "root_cause_confidence = 0.8, root_cause_service = 'checkout', "
-        "root_cause_summary = 'v42 broke checkout' WHERE incident_id = 'inc-a'"
-    )
     service = await serve_sql(nc, store.con, store.db_id)
     yield
     await service.stop()
