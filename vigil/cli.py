@@ -115,8 +115,8 @@ def up() -> None:
                 host, port = sock.getsockname()[:2]
                 console.print(f"NATS   {url} ({where})")
                 console.print(f"DuckDB {cfg.db_path}")
-                console.print(f"Model  {cfg.model} (investigations)", markup=False, emoji=False)
                 console.print(f"HTTP   http://{host}:{port}/webhooks/alertmanager")
+                console.print(f"Model  {cfg.model} (investigations)", markup=False, emoji=False)
                 if cfg.webhook_token is None:
                     err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
                 if rules:

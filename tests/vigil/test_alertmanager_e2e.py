@@ -115,11 +115,18 @@ async def test_an_alert_storm_opens_a_handful_of_incidents(pipeline: Pipeline) -
     alerts = storm(datetime.now(UTC).replace(microsecond=0))
     for wave in range(3):  # in waves, so groups are notified again with more alerts
         await am.post_alerts(alerts[wave * 100 : (wave + 1) * 100])
-    await watch.until(lambda _: len(watch.events) >= 300, "300 alerts")
+    detected = lambda: watch.of_type("AnomalyDetected")  # noqa: E731
+    await watch.until(lambda _: len(detected()) >= 300, "300 alerts")
+    # Each incident is investigated once, however many of its alerts come and when.
+    await watch.until(lambda _: len(watch.of_type("RootCauseConcluded")) >= 2, "2 reports")
     await pipeline.projected()
-    assert len(watch.events) == 300 and len({e.id for e in watch.events}) == 300
+    assert len(detected()) == 300 and len({e.id for e in detected()}) == 300
     rows = await incidents_of(pipeline.data)
     assert [(r["service"], r["anomalies"]) for r in rows] == [("cart", 150), ("checkout", 150)]
+    for kind in ("InvestigationStarted", "RootCauseConcluded"):
+        assert sorted(e.incident_id for e in watch.of_type(kind)) == sorted(
+            {e.incident_id for e in detected()}
+        )
 
 
 def storm(now: datetime) -> list[dict[str, object]]:
@@ -165,15 +172,20 @@ async def test_two_replicas_behind_one_alertmanager_open_one_incident_per_servic
         alerts = storm(datetime.now(UTC).replace(microsecond=0))
         for wave in range(3):  # in waves, so groups are notified again with more alerts
             await am.post_alerts(alerts[wave * 100 : (wave + 1) * 100])
-        await watch.until(lambda events: len(events) >= 300, "300 alerts")
+        await watch.until(lambda _: len(watch.of_type("AnomalyDetected")) >= 300, "300 alerts")
+        # Two responders on one stream: each incident investigated once.
+        await watch.until(lambda _: len(watch.of_type("RootCauseConcluded")) >= 2, "2 reports")
         info = await nc.jetstream().stream_info(EVENTS_STREAM)
         await wait_projected(runtimes[0], info.state.last_seq)
     finally:
         am.stop()
         await nc.close()
-    assert len(watch.events) == 300 and len({e.id for e in watch.events}) == 300
+    detected = watch.of_type("AnomalyDetected")
+    assert len(detected) == 300 and len({e.id for e in detected}) == 300
+    assert len(watch.of_type("InvestigationStarted")) == 2
+    assert len(watch.of_type("RootCauseConcluded")) == 2
     incidents: dict[str, set[str]] = {}
-    for e in watch.events:
+    for e in detected:
         incidents.setdefault(e.data.service, set()).add(e.incident_id)  # type: ignore[union-attr]
     assert {s: len(i) for s, i in incidents.items()} == {"checkout": 1, "cart": 1}
     rows = await incidents_of(ups[0].data_dir)

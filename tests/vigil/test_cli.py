@@ -11,6 +11,7 @@ import signal
 import socket
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,14 @@ from vigil_cli_support import (
     run_vigil,
     vigil_env,
     wait_projected,
+    watch_events,
 )
 
 from eventlog.envelope import Event, new_event, parse_event
 from eventlog.payloads import AnomalyDetected, ToolCompleted, ToolRequested
 from eventlog.publisher import EventPublisher
 from eventlog.store import ProjectionStore
+from eventlog.stream import EVENTS_STREAM, connect
 from vigil.broker import EmbeddedNats
 from vigil.demo import demo_incident
 from vigil.runtime import read_runtime
@@ -103,13 +106,33 @@ def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         con.close()
 
 
-async def up_with_story(vigil_up: StartUp, data_dir: Path, **settings: str) -> VigilUp:
-    """`vigil up` running, with `story()` appended and projected."""
+async def up_with_story(vigil_up: StartUp, data_dir: Path, **settings: str) -> Settled:
+    """`vigil up` running, with `story()` appended, its two open incidents investigated by the
+    responder (then nothing more is appended), and everything projected."""
     up = await vigil_up(data_dir, **settings)
     runtime = await up.up()
-    seq = await publish(runtime.nats_url, story())
+    nc = await connect(runtime.nats_url, name="vigil-test-watch")
+    try:
+        watch = await watch_events(nc)
+        told = story()
+        await publish(runtime.nats_url, told)
+        await watch.until(lambda events: {"disk-0", "disk-1"} <= _concluded(events), "2 reports")
+        seq = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq
+    finally:
+        await nc.close()
     await wait_projected(runtime, seq)
-    return up
+    return Settled(up, seq, told)
+
+
+def _concluded(events: list[Event]) -> set[str]:
+    return {e.incident_id for e in events if e.type == "RootCauseConcluded"}
+
+
+@dataclass(frozen=True)
+class Settled:
+    up: VigilUp
+    events: int  # in the stream, the story's and the responder's
+    story: list[Event]
 
 
 # -- 1. queries while `vigil up` holds the file --------------------------------------------
@@ -120,27 +143,32 @@ async def test_up_prints_where_it_is_and_sql_goes_through_it(
 ) -> None:
     # a long path: each line must stay one line though rich thinks a pipe is 80 columns wide
     data = tmp_path / "a-data-dir-whose-name-is-long-enough-to-pass-eighty-columns"
-    up = await up_with_story(vigil_up, data)
-    nats_line, db_line, http_line, ready = up.lines[:4]
+    settled = await up_with_story(vigil_up, data)
+    up = settled.up
+    nats_line, db_line, http_line, model_line, ready = up.lines[:5]
     assert nats_line.startswith("NATS   nats://127.0.0.1:"), up.lines
     assert "embedded" in nats_line and str(data / "nats") in nats_line
     assert db_line == f"DuckDB {data / 'vigil.duckdb'}"
     assert re.fullmatch(r"HTTP   http://127\.0\.0\.1:\d+/webhooks/alertmanager", http_line)
+    assert model_line == "Model  builtin (investigations)"
     assert ready == "vigil is up"
     assert any("VIGIL_WEBHOOK_TOKEN is not set" in line for line in up.stderr)
     # The file is held by `vigil up`: a second process cannot open it, so `vigil sql` must
     # be answered by the running service over NATS.
     assert db_locked(data / "vigil.duckdb")
     env = vigil_env(data)
-    events = story()
+    events = settled.story
 
     done = await run_vigil("sql", COUNT_EVENTS, "--format", "json", env=env)
     assert done.rc == 0, done
-    assert json.loads(done.out) == [{"n": len(events)}]
+    assert json.loads(done.out) == [{"n": settled.events}]
 
     done = await run_vigil(
         "sql",
-        "SELECT type, count(*) AS n FROM events GROUP BY type ORDER BY type",
+        # the story's, not what the responder and the workers added (the workers also ran
+        # the demo's recorded tool requests, as they run any request appended)
+        "SELECT type, count(*) AS n FROM events WHERE id::VARCHAR IN "
+        f"({', '.join(repr(str(e.id)) for e in events)}) GROUP BY type ORDER BY type",
         "--format",
         "csv",
         env=env,
@@ -160,8 +188,8 @@ async def test_up_prints_where_it_is_and_sql_goes_through_it(
     demo_id = events[1].incident_id
     assert demo_id.startswith("demo-")
     assert [demo_id, "resolved", "remediation"] == _table_row(table, demo_id)
-    assert _table_row(table, "disk-0") == ["disk-0", "open", ""]
-    assert _table_row(table, "disk-1") == ["disk-1", "open", ""]
+    assert _table_row(table, "disk-0") == ["disk-0", "diagnosed", ""]  # investigated
+    assert _table_row(table, "disk-1") == ["disk-1", "diagnosed", ""]
 
     done = await run_vigil(
         "sql", "SELECT seq FROM events ORDER BY seq", "-f", "json", "--max-rows", "3", env=env
@@ -176,7 +204,7 @@ async def test_up_prints_where_it_is_and_sql_goes_through_it(
     assert not db_locked(data / "vigil.duckdb")
     done = await run_vigil("sql", COUNT_EVENTS, "--format", "json", env=env)
     assert done.rc == 0, done
-    assert json.loads(done.out) == [{"n": len(events)}]
+    assert json.loads(done.out) == [{"n": settled.events}]
 
 
 def _table_row(table: str, first_cell: str) -> list[str]:
@@ -219,9 +247,9 @@ async def _assert_refusals_and_nothing_changed(env: dict[str, str], events: int,
 
 async def test_sql_refusals_through_the_running_service(vigil_up: StartUp, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    await up_with_story(vigil_up, data)
+    settled = await up_with_story(vigil_up, data)
     assert db_locked(data / "vigil.duckdb")
-    await _assert_refusals_and_nothing_changed(vigil_env(data), len(story()), tmp_path)
+    await _assert_refusals_and_nothing_changed(vigil_env(data), settled.events, tmp_path)
 
 
 async def test_sql_refusals_on_the_file(tmp_path: Path) -> None:
@@ -421,7 +449,8 @@ async def test_replay_rebuilds_the_file_from_the_stream(
 ) -> None:
     data = tmp_path / "data"
     db = data / "vigil.duckdb"
-    up = await up_with_story(vigil_up, data, nats_url=nats_server.url)
+    settled = await up_with_story(vigil_up, data, nats_url=nats_server.url)
+    up = settled.up
     assert "(external)" in up.lines[0]
     env = vigil_env(data, nats_url=nats_server.url)
 
@@ -431,10 +460,11 @@ async def test_replay_rebuilds_the_file_from_the_stream(
     up.proc.send_signal(signal.SIGTERM)
     assert await up.exit_code() == 0
     before = snapshot(db)
-    n = len(story())
+    n = settled.events
     assert len(before["events"]) == n and len(before["incidents"]) == 3
-    assert len(before["tool_calls"]) == 3 and len(before["saga_steps"]) == 1
-    assert len(before["investigations"]) == 1
+    assert len(before["saga_steps"]) == 1
+    assert len(before["investigations"]) == 3  # the demo's, and the responder's two
+    assert len(before["tool_calls"]) == 3 + 2 * 5  # the demo's, and five of each of those
 
     # Damage the read model, so only a rebuild from the stream can bring it back.
     con = duckdb.connect(str(db))
@@ -461,7 +491,7 @@ async def test_replay_with_the_embedded_broker(vigil_up: StartUp, tmp_path: Path
     """Without VIGIL_NATS_URL replay starts the data dir's own nats-server, like `up`."""
     data = tmp_path / "data"
     db = data / "vigil.duckdb"
-    up = await up_with_story(vigil_up, data)
+    up = (await up_with_story(vigil_up, data)).up
     up.proc.send_signal(signal.SIGTERM)
     assert await up.exit_code() == 0
     before = snapshot(db)

@@ -107,12 +107,14 @@ async def stream_end(runtime: Runtime) -> int:
 
 
 async def detected(data: Path) -> tuple[dict[str, int], dict[str, int]]:
-    """(event counts, AnomalyDetected per fingerprint) from DuckDB, through `vigil sql`."""
+    """(counts of the webhook's events, AnomalyDetected per fingerprint) from DuckDB, through
+    `vigil sql` (the responder's and the workers' events come and go beside them)."""
     env = vigil_env(data)
     totals = await run_vigil(
         "sql",
         "SELECT count(*) AS n, count(DISTINCT id) AS ids, "
-        "count(*) FILTER (WHERE type = 'AnomalyDetected') AS detected FROM events",
+        "count(*) FILTER (WHERE type = 'AnomalyDetected') AS detected FROM events "
+        "WHERE source = 'alertmanager'",
         "-f",
         "json",
         env=env,
