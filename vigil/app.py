@@ -11,7 +11,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import uvicorn
@@ -19,7 +19,6 @@ import uvloop
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
-from pydantic_ai.models import Model
 
 from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import MAX_RECORD_BYTES, AlertIndex
@@ -31,9 +30,6 @@ from eventlog.publisher import EventPublisher
 from eventlog.sql_service import serve_sql, sql_subject
 from eventlog.store import ProjectionStore
 from eventlog.stream import connect, ensure_streams
-from responder.agent import build_agent
-from responder.investigator import Investigator, run_investigator
-from responder.models import model_for
 from responder.progress import Limits
 from responder.tools import ToolModuleError, ToolRegistry, ToolSettings, load_tools
 from responder.worker import run_workers
@@ -42,6 +38,9 @@ from vigil.http_protocol import BoundedHeadersProtocol
 from vigil.runtime import clear_runtime, write_runtime
 from vigil.settings import Settings
 from vigil.supervisor import RoleFailed
+
+if TYPE_CHECKING:  # pydantic-ai takes a second to import: `vigil sql` never needs it
+    from pydantic_ai.models import Model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -367,6 +366,8 @@ def investigation_limits(settings: Settings) -> Limits:
 
 def investigation_model(settings: Settings) -> Model:
     """The configured model (ValueError, one line, for a string pydantic-ai does not know)."""
+    from responder.models import model_for  # pydantic-ai: imported by the roles that use it
+
     key = settings.model_api_key.get_secret_value() if settings.model_api_key else None
     return model_for(settings.model, base_url=settings.model_base_url, api_key=key)
 
@@ -375,6 +376,9 @@ async def run_responder_role(
     settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
 ) -> None:
     """The investigator: every anomaly's incident investigated, turn by turn."""
+    from responder.agent import build_agent
+    from responder.investigator import Investigator, run_investigator
+
     agent = build_agent(investigation_model(settings), worker_tools(settings))
     async with bus(settings, url, "vigil-responder") as nc:
         investigator = Investigator(

@@ -33,7 +33,7 @@ from eventlog.sql import QueryResult, SqlError, run_read_only
 from eventlog.sql_service import request_sql
 from eventlog.store import open_database
 from eventlog.stream import BusUnreachable, connect
-from responder.investigator import NoSuchIncident, ask_for_attempt
+from responder.attempts import NoSuchIncident, ask_for_attempt
 from vigil.app import (
     HELD_BY_ENV,
     PROJECTOR_READY,

@@ -27,7 +27,8 @@ from eventlog.payloads import (
     ToolRequested,
 )
 from responder.agent import build_agent
-from responder.investigator import Investigator, ask_for_attempt
+from responder.attempts import ask_for_attempt
+from responder.investigator import Investigator
 from responder.progress import Limits
 from responder.tools import Tool, ToolContext, ToolRegistry, ToolSettings, default_tools
 from responder.worker import run_workers

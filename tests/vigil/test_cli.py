@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from vigil_cli_support import (
     VIGIL,
     Done,
+    EventWatch,
     StartUp,
     VigilUp,
     proc_info,
@@ -34,7 +35,7 @@ from vigil_cli_support import (
 )
 
 from eventlog.envelope import Event, new_event, parse_event
-from eventlog.payloads import AnomalyDetected, ToolCompleted, ToolRequested
+from eventlog.payloads import AnomalyDetected, RootCauseConcluded, ToolCompleted, ToolRequested
 from eventlog.publisher import EventPublisher
 from eventlog.store import ProjectionStore
 from eventlog.stream import EVENTS_STREAM, connect
@@ -578,3 +579,45 @@ async def test_worker_runs_what_is_requested_and_stops_on_sigterm(
             proc.kill()
             await proc.wait()
         await errors
+
+
+# -- 9. the responder and investigate ---------------------------------------------------------
+
+
+async def test_responder_needs_a_nats_url_and_a_model_it_knows(tmp_path: Path) -> None:
+    one_line_error(await run_vigil("responder", env=vigil_env(tmp_path)), "VIGIL_NATS_URL")
+    env = vigil_env(tmp_path, nats_url="nats://127.0.0.1:1", model="nosuch:model")
+    one_line_error(await run_vigil("responder", env=env), "VIGIL_MODEL='nosuch:model'")
+    env = vigil_env(tmp_path, model="anthropic:claude", model_base_url="http://127.0.0.1:1/v1")
+    one_line_error(await run_vigil("up", env=env), "VIGIL_MODEL must be openai:<model name>")
+
+
+async def test_investigate_asks_the_running_vigil_for_a_new_attempt(
+    vigil_up: StartUp, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    settled = await up_with_story(vigil_up, data)
+    env = vigil_env(data)
+    done = await run_vigil("investigate", "nosuch", env=env)
+    one_line_error(done, "no incident 'nosuch'")
+    runtime = read_runtime(data)
+    assert runtime is not None
+    nc = await connect(runtime.nats_url, name="vigil-test-watch")
+    try:
+        watch = await watch_events(nc)
+        done = await run_vigil("investigate", "disk-0", "--by", "alice", env=env)
+        assert done.rc == 0, done
+        assert done.out.strip() == "incident disk-0: attempt 2 asked for by alice"
+        await watch.until(lambda _: len(_concluded_of(watch, "disk-0")) == 2, "attempt 2")
+    finally:
+        await nc.close()
+    started = [e.data for e in watch.of_type("InvestigationStarted") if e.incident_id == "disk-0"]
+    assert [(s.attempt, s.requested_by) for s in started] == [(1, None), (2, "alice")]  # type: ignore[attr-defined]
+    assert [c.attempt for c in _concluded_of(watch, "disk-0")] == [1, 2]
+    settled.up.proc.send_signal(signal.SIGTERM)
+    assert await settled.up.exit_code() == 0
+    one_line_error(await run_vigil("investigate", "disk-0", env=env), "no running Vigil")
+
+
+def _concluded_of(watch: EventWatch, incident: str) -> list[RootCauseConcluded]:
+    return [e.data for e in watch.of_type("RootCauseConcluded") if e.incident_id == incident]  # type: ignore[misc]
