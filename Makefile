@@ -48,6 +48,7 @@ lint: $(STAMP)
 bench: packages-bench $(STAMP)
 	$(BIN)/python -m bench.eventlog
 	$(BIN)/python -m bench.webhook
+	$(BIN)/python -m bench.responder
 
 clean:
 	rm -rf $(VENV) .vigil .pytest_cache .ruff_cache
