@@ -20,27 +20,24 @@ class NoSuchIncident(LookupError):
 async def ask_for_attempt(
     js: JetStreamContext, incident_id: str, *, model: str, by: str, reason: str = ""
 ) -> InvestigationStarted:
-    """Open the incident's next attempt (the CLI's `vigil investigate`, and the API's)."""
-    publisher = EventPublisher(js)
-    for _ in range(5):  # a race with another opener: read again, open the one after
-        inv = fold(incident_id, await incident_events(js, incident_id))
-        if inv.trigger is None:
-            raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
-        number = inv.current.number + 1 if inv.current else 1
-        started = InvestigationStarted(
-            model=model,
-            attempt=number,
-            reason=reason or f"asked by {by}",
-            requested_by=by,
-            now=None,
-            onset=inv.trigger.data.starts_at
-            if isinstance(inv.trigger.data, AnomalyDetected)
-            else None,
-        )
-        event = new_event(started, incident_id=incident_id, source="cli")
-        try:
-            await publisher.publish_after(event, inv.last_started_seq)
-        except WrongLastSequence:
-            continue
-        return started
-    raise RuntimeError(f"incident {incident_id}: attempts kept being opened by others")
+    """Open the incident's next attempt (the CLI's `vigil investigate`, and the API's). Two asks
+    at once open one attempt: the one that loses the race answers with the winner's."""
+    inv = fold(incident_id, await incident_events(js, incident_id))
+    if inv.trigger is None:
+        raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
+    number = inv.current.number + 1 if inv.current else 1
+    onset = inv.trigger.data.starts_at if isinstance(inv.trigger.data, AnomalyDetected) else None
+    started = InvestigationStarted(
+        model=model, attempt=number, reason=reason or f"asked by {by}", requested_by=by,
+        onset=onset,
+    )  # fmt: skip
+    event = new_event(started, incident_id=incident_id, source="cli")
+    try:
+        await EventPublisher(js).publish_after(event, inv.last_started_seq)
+    except WrongLastSequence:
+        # Someone opened an attempt since we read (an ask at the same time, or the responder's
+        # first): that one answers this ask too.
+        again = fold(incident_id, await incident_events(js, incident_id))
+        assert again.current is not None
+        return again.current.started
+    return started

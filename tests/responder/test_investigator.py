@@ -337,3 +337,16 @@ async def test_tool_results_too_big_for_one_step_are_kept_by_reference_and_put_b
     # What the model was sent at its third request was put back whole from the outcomes.
     returns = [p for m in seen[2] for p in getattr(m, "parts", []) if p.part_kind == "tool-return"]
     assert [len(p.content["text"]) for p in returns] == [60_000] * 7
+
+
+async def test_two_asks_at_once_open_one_attempt(js: JetStreamContext) -> None:
+    async with watching(js) as watch:
+        await append(js, anomaly())
+        asks = [ask_for_attempt(js, "inc-1", model="builtin", by=who) for who in ("ann", "bob")]
+        first, second = await asyncio.gather(*asks)
+        await watch.until(lambda: watch.of("inc-1", "InvestigationStarted"))
+        again = await ask_for_attempt(js, "inc-1", model="builtin", by="cy")
+    assert first == second and first.attempt == 1
+    assert again.attempt == 2 and again.requested_by == "cy"
+    started = [e.data.attempt for e in watch.of("inc-1", "InvestigationStarted")]
+    assert started[:1] == [1] and started.count(1) == 1
