@@ -153,11 +153,17 @@ def _within_budget(sent: dict[str, Any]) -> dict[str, Any]:
     if len(orjson.dumps(sent)) <= STEP_BUDGET:
         return sent
     parts = [
-        {**part, "content": None, "metadata": BY_REFERENCE}
-        if part.get("part_kind") == "tool-return" else part
+        {**part, "content": None, "metadata": BY_REFERENCE} if _has_outcome(part) else part
         for part in sent["parts"]
-    ]  # fmt: skip
+    ]
     return {**sent, "parts": parts}
+
+
+def _has_outcome(part: dict[str, Any]) -> bool:
+    """A deferred call's result, which its ToolCompleted or ToolFailed holds; not the output
+    tool's own part (a retry of a bad report), which no event holds."""
+    output_tool = str(part.get("tool_name", "")).startswith(OUTPUT_TOOL_PREFIX)
+    return part.get("part_kind") == "tool-return" and not output_tool
 
 
 def _evidence_exists(ctx: RunContext[TurnDeps], output: Any) -> Any:
