@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -123,6 +123,7 @@ def _black_box() -> Hooks[TurnDeps]:
         ctx: RunContext[TurnDeps], *, request_context: ModelRequestContext, response: ModelResponse
     ) -> ModelResponse:
         began = ctx.deps.started.pop(id(request_context), time.monotonic())
+        response = _unique_call_ids(request_context.messages, response)
         # The last message is the one this request added to what the steps before it hold.
         sent, got = ModelMessagesTypeAdapter.dump_python(
             [request_context.messages[-1], response], mode="json"
@@ -141,6 +142,31 @@ def _black_box() -> Hooks[TurnDeps]:
         return response
 
     return hooks
+
+
+def _unique_call_ids(messages: list[ModelMessage], response: ModelResponse) -> ModelResponse:
+    """A call id the conversation used already (some servers number calls per response:
+    `call_0` every turn) gets a suffix: a call and its result are known by their id, in the
+    attempt's events and in the next request, and a new question must not find an old answer."""
+    used = {
+        part.tool_call_id
+        for message in messages
+        if isinstance(message, ModelResponse)
+        for part in message.parts
+        if isinstance(part, ToolCallPart)
+    }
+    parts = []
+    for part in response.parts:
+        if isinstance(part, ToolCallPart):
+            call_id, n = part.tool_call_id, 1
+            while call_id in used:
+                n += 1
+                call_id = f"{part.tool_call_id}~{n}"
+            used.add(call_id)
+            if call_id != part.tool_call_id:
+                part = replace(part, tool_call_id=call_id)
+        parts.append(part)
+    return replace(response, parts=parts)
 
 
 STEP_BUDGET = 256 * 1024  # bytes of a step's request: one NATS message holds 1 MB in all
