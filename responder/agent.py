@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -102,7 +102,9 @@ def build_agent(model: Model, registry: ToolRegistry) -> InvestigatorAgent:
         instructions=INSTRUCTIONS,
         toolsets=[ExternalToolset(definitions)],
         capabilities=[_black_box()],
-        retries={"tools": 0, "output": 2},
+        # A tool name the model made up is answered, not fatal: at 0, one such call beside
+        # real ones failed the whole attempt (and a replica that rebuilt the step went on).
+        retries={"tools": 1, "output": 2},
     )
     agent.output_validator(_evidence_exists)
     return agent
@@ -123,6 +125,7 @@ def _black_box() -> Hooks[TurnDeps]:
         ctx: RunContext[TurnDeps], *, request_context: ModelRequestContext, response: ModelResponse
     ) -> ModelResponse:
         began = ctx.deps.started.pop(id(request_context), time.monotonic())
+        response = _unique_call_ids(request_context.messages, response)
         # The last message is the one this request added to what the steps before it hold.
         sent, got = ModelMessagesTypeAdapter.dump_python(
             [request_context.messages[-1], response], mode="json"
@@ -143,6 +146,31 @@ def _black_box() -> Hooks[TurnDeps]:
     return hooks
 
 
+def _unique_call_ids(messages: list[ModelMessage], response: ModelResponse) -> ModelResponse:
+    """A call id the conversation used already (some servers number calls per response:
+    `call_0` every turn) gets a suffix: a call and its result are known by their id, in the
+    attempt's events and in the next request, and a new question must not find an old answer."""
+    used = {
+        part.tool_call_id
+        for message in messages
+        if isinstance(message, ModelResponse)
+        for part in message.parts
+        if isinstance(part, ToolCallPart)
+    }
+    parts = []
+    for part in response.parts:
+        if isinstance(part, ToolCallPart):
+            call_id, n = part.tool_call_id, 1
+            while call_id in used:
+                n += 1
+                call_id = f"{part.tool_call_id}~{n}"
+            used.add(call_id)
+            if call_id != part.tool_call_id:
+                part = replace(part, tool_call_id=call_id)
+        parts.append(part)
+    return replace(response, parts=parts)
+
+
 STEP_BUDGET = 256 * 1024  # bytes of a step's request: one NATS message holds 1 MB in all
 BY_REFERENCE = {"vigil": "content recorded in the call's ToolCompleted or ToolFailed event"}
 
@@ -153,11 +181,17 @@ def _within_budget(sent: dict[str, Any]) -> dict[str, Any]:
     if len(orjson.dumps(sent)) <= STEP_BUDGET:
         return sent
     parts = [
-        {**part, "content": None, "metadata": BY_REFERENCE}
-        if part.get("part_kind") == "tool-return" else part
+        {**part, "content": None, "metadata": BY_REFERENCE} if _has_outcome(part) else part
         for part in sent["parts"]
-    ]  # fmt: skip
+    ]
     return {**sent, "parts": parts}
+
+
+def _has_outcome(part: dict[str, Any]) -> bool:
+    """A deferred call's result, which its ToolCompleted or ToolFailed holds; not the output
+    tool's own part (a retry of a bad report), which no event holds."""
+    output_tool = str(part.get("tool_name", "")).startswith(OUTPUT_TOOL_PREFIX)
+    return part.get("part_kind") == "tool-return" and not output_tool
 
 
 def _evidence_exists(ctx: RunContext[TurnDeps], output: Any) -> Any:

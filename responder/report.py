@@ -9,8 +9,13 @@ from __future__ import annotations
 from eventlog.payloads import ToolFailed
 from eventlog.payloads.investigation import Hypothesis, RootCauseReport, RuledOut
 from responder.progress import Attempt, Investigation
+from responder.worker import shorter
 
 __all__ = ["Hypothesis", "RootCauseReport", "RuledOut", "finish", "partial_report"]
+
+# Of each failed call's error in the gaps: the report of 40 failed calls stays far below the
+# 1 MB a RootCauseConcluded may take (an error recorded before workers capped theirs included).
+GAP_ERROR_CHARS = 500
 
 
 def finish(report: RootCauseReport, attempt: Attempt, *, partial: bool) -> RootCauseReport:
@@ -36,7 +41,8 @@ def finish(report: RootCauseReport, attempt: Attempt, *, partial: bool) -> RootC
         outcome = attempt.outcomes.get(call_id)
         if isinstance(outcome, ToolFailed):
             why = "timed out" if outcome.timed_out else "failed"
-            gaps.append(f"{asked.tool_name} ({call_id}) {why}: {outcome.error}")
+            error = shorter(outcome.error, GAP_ERROR_CHARS)
+            gaps.append(f"{asked.tool_name} ({call_id}) {why}: {error}")
         elif outcome is None:
             gaps.append(f"{asked.tool_name} ({call_id}) had no result when the attempt ended")
     return report.model_copy(

@@ -32,6 +32,7 @@ SOURCE = "worker"
 DURABLE = "tool-workers"
 OUTCOME_NAMESPACE = uuid.UUID("0f3a4b52-7d1e-4c0a-9b8f-1e2d3c4b5a69")
 MAX_RESULT_BYTES = 64 * 1024  # a result is for a model to read: a summary, never raw data
+MAX_ERROR_CHARS = 2000  # an error too: a tool's exception may carry a whole response body
 
 
 class BadArguments(ValueError):
@@ -153,5 +154,11 @@ def _ms(started: float) -> float:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, UnknownTool | BadArguments):
-        return str(exc)  # says it all: no class name to read past
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        reason = str(exc)  # says it all: no class name to read past
+    else:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return shorter(reason, MAX_ERROR_CHARS)
+
+
+def shorter(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
