@@ -51,6 +51,7 @@ from eventlog.publisher import EventPublisher, WrongLastSequence
 from responder import agent as turn
 from responder.agent import AgentStepDraft, InvestigatorAgent, TurnDeps
 from responder.progress import (
+    Answer,
     Attempt,
     Call,
     Conclude,
@@ -139,8 +140,10 @@ class Investigator:
                         inv = fold(incident_id, await incident_events(self.js, incident_id))
                 case Request(calls=calls, reuses=reuses):
                     await self._request(inv, calls, reuses)
-                case Conclude(reason=reason):
-                    await self._conclude(inv, None, reason)
+                case Conclude(reason=reason, attempt=number):
+                    await self._conclude(inv, None, reason, number)
+                case Answer(report=report):
+                    await self._conclude(inv, report, None)
                 case Turn():
                     if not await self._turn(inv):
                         inv = fold(incident_id, await incident_events(self.js, incident_id))
@@ -267,12 +270,17 @@ class Investigator:
         apply(inv, event, ack.seq)
 
     async def _conclude(
-        self, inv: Investigation, report: RootCauseReport | None, reason: str | None
+        self,
+        inv: Investigation,
+        report: RootCauseReport | None,
+        reason: str | None,
+        number: int | None = None,
     ) -> None:
-        attempt = inv.current
+        """Record the attempt's report (the current attempt's, unless `number` says)."""
+        attempt = inv.attempt(number)
         assert attempt is not None
         if report is None:
-            report = partial_report(inv)
+            report = partial_report(inv, attempt)
         requests, tokens_in, tokens_out = attempt.usage()
         costs = [s.cost for s in attempt.steps if s.cost is not None]
         concluded = RootCauseConcluded(

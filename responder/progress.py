@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eventlog.envelope import Event
 from eventlog.history import StoredEvent
@@ -26,6 +26,7 @@ from eventlog.payloads import (
     ToolFailed,
     ToolRequested,
 )
+from eventlog.payloads.investigation import RootCauseReport
 
 OUTPUT_TOOL_PREFIX = "final_result"  # pydantic-ai's output tool(s); not ours to run
 
@@ -106,6 +107,12 @@ class Investigation:
     def current(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
 
+    def attempt(self, number: int | None) -> Attempt | None:
+        """The attempt of that number (None: the current one)."""
+        if number is None:
+            return self.current
+        return next((a for a in self.attempts if a.number == number), None)
+
 
 def fold(incident_id: str, events: list[StoredEvent]) -> Investigation:
     inv = Investigation(incident_id)
@@ -116,7 +123,6 @@ def fold(incident_id: str, events: list[StoredEvent]) -> Investigation:
 
 def apply(inv: Investigation, event: Event, seq: int) -> None:
     data = event.data
-    attempt = inv.current
     match data:
         case AnomalyDetected() | AnomalyPredicted():
             inv.anomalies.append(event)
@@ -124,21 +130,43 @@ def apply(inv: Investigation, event: Event, seq: int) -> None:
                 inv.trigger = event
         case InvestigationStarted():
             inv.last_started_seq = seq
-            if attempt is None or data.attempt > attempt.number:
+            current = inv.current
+            if current is None or data.attempt > current.number:
                 inv.attempts.append(Attempt(data, event.occurred_at))
         case AgentStep():
             inv.last_step_seq = seq
-            if attempt is not None and data.attempt == attempt.number:
+            if (attempt := inv.attempt(data.attempt)) is not None:
                 attempt.steps.append(data)
         case ToolRequested():
-            if attempt is not None and data.attempt == attempt.number:
+            if (attempt := inv.attempt(data.attempt)) is not None:
                 attempt.requested.setdefault(data.tool_call_id, data)
         case ToolCompleted() | ToolFailed():
-            if attempt is not None and data.attempt in (None, attempt.number):
+            if (attempt := inv.attempt(data.attempt)) is not None:
                 attempt.outcomes.setdefault(data.tool_call_id, data)
         case RootCauseConcluded():
-            if attempt is not None and data.attempt == attempt.number:
+            if (attempt := inv.attempt(data.attempt)) is not None:
                 attempt.concluded = attempt.concluded or data
+
+
+def recorded_answer(attempt: Attempt) -> RootCauseReport | None:
+    """The report in the last recorded response, if it is one the agent's output checks would
+    take (it fits RootCauseReport, and its evidence names calls of the attempt)."""
+    if not attempt.steps:
+        return None
+    made = {c.tool_call_id for step in attempt.steps for c in calls_in(step)}
+    for part in attempt.steps[-1].response.get("parts", []):
+        if part.get("part_kind") != "tool-call":
+            continue
+        if not part["tool_name"].startswith(OUTPUT_TOOL_PREFIX):
+            continue
+        try:
+            report = RootCauseReport.model_validate(_args(part.get("args")))
+        except ValidationError:
+            return None  # a retry the model was (or will be) asked for
+        cited = {e for h in report.hypotheses for e in h.evidence}
+        cited |= {e for r in report.ruled_out for e in r.evidence}
+        return report if cited <= made else None
+    return None
 
 
 def calls_in(step: AgentStep) -> list[Call]:
@@ -198,9 +226,18 @@ class Turn:
 
 @dataclass(frozen=True)
 class Conclude:
-    """End the attempt with what is known."""
+    """End the attempt (`attempt`; None: the current one) with what is known."""
 
     reason: str
+    attempt: int | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The last recorded response holds a valid report: it is the answer (a call beside it
+    is not made, as pydantic-ai does not make it when it takes the output)."""
+
+    report: RootCauseReport
 
 
 @dataclass(frozen=True)
@@ -208,17 +245,23 @@ class Done:
     """Nothing to do: no anomaly yet, or the attempt is concluded."""
 
 
-NextStep = Start | Request | Wait | Turn | Conclude | Done
+NextStep = Start | Request | Wait | Turn | Conclude | Answer | Done
 
 
 def next_step(inv: Investigation, now: datetime, limits: Limits) -> NextStep:
     attempt = inv.current
     if attempt is None:
         return Start(1) if inv.trigger is not None else Done()
+    for earlier in inv.attempts[:-1]:  # asked for again before it ended: it ends now
+        if earlier.concluded is None:
+            return Conclude(f"superseded by attempt {attempt.number}", earlier.number)
     if attempt.concluded is not None:
         return Done()
     if now - attempt.started_at >= timedelta(seconds=limits.seconds):
         return Conclude(f"the attempt ran out of time ({limits.seconds:g}s)")
+    report = recorded_answer(attempt)
+    if report is not None:
+        return Answer(report)
     calls = attempt.pending_calls()
     if not calls:
         return Turn()  # the first turn, or a response to process (an answer, a retry)

@@ -55,9 +55,9 @@ def finish(report: RootCauseReport, attempt: Attempt, *, partial: bool) -> RootC
     )
 
 
-def partial_report(inv: Investigation) -> RootCauseReport:
+def partial_report(inv: Investigation, attempt: Attempt) -> RootCauseReport:
     """What is known when a limit ends an attempt: the built-in analyst's ranking of the
     results recorded so far (whatever model ran), so a partial report still says something."""
     from responder.analyst import rank_recorded
 
-    return rank_recorded(inv)
+    return rank_recorded(inv, attempt)

@@ -19,7 +19,7 @@ from eventlog.payloads.investigation import RootCauseReport
 from responder.agent import alert_data, prompt
 from responder.analyst.evidence import Result, gather
 from responder.analyst.rules import rank
-from responder.progress import Investigation, calls_in
+from responder.progress import Attempt, Investigation, calls_in
 
 MODEL_NAME = "builtin"
 MAX_DEPENDENCIES = 8
@@ -54,10 +54,9 @@ def analyse(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     return ModelResponse(parts=[ToolCallPart(output, report.model_dump(mode="json"))])
 
 
-def rank_recorded(inv: Investigation) -> RootCauseReport:
+def rank_recorded(inv: Investigation, attempt: Attempt) -> RootCauseReport:
     """The ranking of what an attempt recorded so far (for a partial report, any model)."""
-    attempt = inv.current
-    assert attempt is not None and inv.trigger is not None
+    assert inv.trigger is not None
     now = attempt.started.now or attempt.started_at
     text = prompt(inv.trigger, inv.anomalies, now, attempt=attempt.number)
     alert = alert_data([ModelRequest.user_text_prompt(text)])

@@ -20,6 +20,7 @@ from eventlog.payloads import (
 )
 from eventlog.payloads.investigation import Hypothesis, RootCauseReport
 from responder.progress import (
+    Answer,
     Conclude,
     Done,
     Limits,
@@ -149,3 +150,36 @@ def test_a_concluded_attempt_is_done_and_a_new_attempt_starts_over() -> None:
 def test_the_fences_are_the_last_step_and_the_last_attempt_in_the_stream() -> None:
     inv = fold("inc-1", stored(anomaly(), started(), step(0, ("c1", "x", {})), asked("c1")))
     assert (inv.last_started_seq, inv.last_step_seq) == (2, 3)
+
+
+def test_an_attempt_asked_for_before_the_last_ended_ends_the_last_as_superseded() -> None:
+    waiting = step(0, ("c1", "recent_changes", {}))
+    answer = decide(anomaly(), started(), waiting, asked("c1"), started(2))
+    assert answer == Conclude("superseded by attempt 2", 1)
+    # its late outcome is its own, not the new attempt's
+    inv = fold("inc-1", stored(anomaly(), started(), waiting, asked("c1"), started(2),
+                               ToolCompleted(tool_call_id="c1", tool_name="x", duration_ms=1,
+                                             attempt=1)))  # fmt: skip
+    assert "c1" in inv.attempts[0].outcomes and not inv.attempts[1].outcomes
+
+
+def test_a_recorded_valid_report_is_the_answer_and_a_call_beside_it_is_not_made() -> None:
+    good = report_dict("c1")
+    both = AgentStep(attempt=1, step=1, turn=1, model="m", request={"kind": "request", "parts": []},
+                     response={"kind": "response", "parts": [
+                         {"part_kind": "tool-call", "tool_name": "recent_changes", "args": {},
+                          "tool_call_id": "c2"},
+                         {"part_kind": "tool-call", "tool_name": "final_result", "args": good,
+                          "tool_call_id": "f"}]})  # fmt: skip
+    first = step(0, ("c1", "recent_changes", {"hours": 1}))
+    answer = decide(anomaly(), started(), first, asked("c1"), done("c1"), both)
+    assert isinstance(answer, Answer) and answer.report.hypotheses[0].evidence == ["c1"]
+    made_up = AgentStep(**{**both.model_dump(), "response": {"kind": "response", "parts": [
+        {"part_kind": "tool-call", "tool_name": "final_result", "args": report_dict("nope"),
+         "tool_call_id": "f"}]}})  # fmt: skip
+    assert decide(anomaly(), started(), first, asked("c1"), done("c1"), made_up) == Turn()
+
+
+def report_dict(*evidence: str) -> dict[str, Any]:
+    return {"summary": "s", "hypotheses": [{"category": "unknown", "confidence": 0.5,
+            "explanation": "e", "evidence": list(evidence)}]}  # fmt: skip

@@ -1,5 +1,7 @@
-"""Review of the responder (issue 14): attacks on the investigator that break a claim, each on a
-real nats-server with real workers; only the model is faked (a FunctionModel)."""
+"""The investigator at its edges, each once a bug a review found: call ids a model repeats, an
+output retry among results kept by reference, tool errors too big for a message, an attempt
+asked for while one runs, a report beside a tool call, a tool name the model made up. On a real
+nats-server with real workers; only the model is faked (a FunctionModel)."""
 
 from __future__ import annotations
 
@@ -121,8 +123,8 @@ async def test_tool_errors_too_big_for_one_message_still_end_in_a_report(
 async def test_an_attempt_asked_for_while_one_runs_leaves_no_attempt_without_a_conclusion(
     js: JetStreamContext,
 ) -> None:
-    """`vigil investigate` while attempt 1 waits for a tool: attempt 2 runs and concludes,
-    attempt 1 is never concluded (its read-model row says `running` for ever)."""
+    """`vigil investigate` while attempt 1 waits for a tool: attempt 1 is concluded, partial,
+    superseded by attempt 2, which runs and concludes (no row says `running` for ever)."""
 
     def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         if asks(messages) == 0:
@@ -161,8 +163,7 @@ async def test_a_response_with_an_output_and_a_tool_call_ends_the_same_after_a_c
 ) -> None:
     """A response holding a valid `final_result` and a tool call: the run takes the output
     (pydantic-ai's end_strategy `early`) and the call is never made. Rebuilt after a crash
-    right after its AgentStep, the same response is read as a turn waiting for that call:
-    the tool is run and the model asked again, so the story depends on the crash."""
+    right after its AgentStep, the same response is the same answer: no call, no new request."""
     requests: list[int] = []
 
     def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
