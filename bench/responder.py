@@ -41,7 +41,6 @@ from pydantic_ai import (
 )
 from pydantic_ai.models import Model
 from pydantic_ai.models.function import AgentInfo, FunctionModel
-from pydantic_ai.tools import ToolDefinition
 
 from bench.servers import vigil_up
 from eventlog.envelope import new_event, parse_event
@@ -49,7 +48,7 @@ from eventlog.payloads import AnomalyDetected
 from eventlog.payloads.investigation import RootCauseReport
 from eventlog.publisher import EventPublisher
 from eventlog.stream import connect, ensure_streams
-from responder.agent import build_agent, prompt
+from responder.agent import build_agent, prompt, tool_definitions
 from responder.analyst import builtin_model
 from responder.investigator import Investigator, run_investigator
 from responder.progress import Limits
@@ -255,14 +254,7 @@ async def raw_investigation(
 ) -> RootCauseReport:
     """The raw library: pydantic-ai with the same model, each turn's tools run in-process at
     once (asyncio.gather), results handed back in memory: no bus, no events."""
-    definitions = [
-        ToolDefinition(
-            name=t.name,
-            description=t.description,
-            parameters_json_schema=t.args.model_json_schema(),
-        )
-        for t in registry.tools.values()
-    ]
+    definitions = tool_definitions(registry)
     agent: Agent[None, Any] = Agent(
         model,
         output_type=[RootCauseReport, DeferredToolRequests],

@@ -85,9 +85,9 @@ class AgentStepDraft:
 InvestigatorAgent = Agent[TurnDeps, RootCauseReport | DeferredToolRequests]
 
 
-def build_agent(model: Model, registry: ToolRegistry) -> InvestigatorAgent:
-    """One agent per process: the model, the registry's tools as definitions, the report."""
-    definitions = [
+def tool_definitions(registry: ToolRegistry) -> list[ToolDefinition]:
+    """What the model is told of each tool: its name, description and arguments' schema."""
+    return [
         ToolDefinition(
             name=tool.name,
             description=tool.description,
@@ -95,6 +95,11 @@ def build_agent(model: Model, registry: ToolRegistry) -> InvestigatorAgent:
         )
         for tool in registry.tools.values()
     ]
+
+
+def build_agent(model: Model, registry: ToolRegistry) -> InvestigatorAgent:
+    """One agent per process: the model, the registry's tools as definitions, the report."""
+    definitions = tool_definitions(registry)
     agent: InvestigatorAgent = Agent(
         model,
         deps_type=TurnDeps,
