@@ -42,24 +42,31 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def vigil_responder(
-    nats: EmbeddedNats, chat: ChatServer, tmp_path: Path
+async def vigil_role(
+    role: str, ready: bytes, env: dict[str, str]
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    env = vigil_env(tmp_path, nats_url=nats.url, model="openai:m", model_base_url=chat.url,
-                    model_api_key="sk-test")  # fmt: skip
+    """`vigil <role>` running until the block ends (SIGKILL then, if still running)."""
     proc = await asyncio.create_subprocess_exec(
-        VIGIL, "responder", env=env, stdin=asyncio.subprocess.DEVNULL,
+        VIGIL, role, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.startswith(b"investigating with openai:m"), line
+        assert line.startswith(ready), line
         yield proc
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGKILL)
         await proc.wait()
+
+
+def vigil_responder(
+    nats: EmbeddedNats, chat: ChatServer, tmp_path: Path
+) -> contextlib.AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    env = vigil_env(tmp_path, nats_url=nats.url, model="openai:m", model_base_url=chat.url,
+                    model_api_key="sk-test")  # fmt: skip
+    return vigil_role("responder", b"investigating with openai:m", env)
 
 
 async def kill(proc: asyncio.subprocess.Process) -> None:
@@ -118,3 +125,28 @@ async def test_a_responder_killed_while_a_model_turn_runs_concludes_once_after_r
     assert len(watch.of("inc-1", "ToolCompleted")) == 2
     assert [e.data.step for e in watch.of("inc-1", "AgentStep")] == [0, 1]
     assert len(chat.requests) == 3  # the turn that died is asked again; the first is not
+
+
+async def test_two_responder_and_two_worker_processes_split_incidents_none_done_twice(
+    js: JetStreamContext, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    env = vigil_env(tmp_path, nats_url=nats_server.url)
+    incidents = [f"inc-{i}" for i in range(10)]
+    async with contextlib.AsyncExitStack() as stack:
+        watch = await stack.enter_async_context(watching(js))
+        for role, ready in (("worker", b"working"), ("responder", b"investigating")) * 2:
+            await stack.enter_async_context(vigil_role(role, ready, env))
+        for incident in incidents:
+            await append(js, anomaly(service=incident), incident=incident)
+        for incident in incidents:
+            await watch.concluded(incident, timeout=60)
+    for incident in incidents:
+        assert len(watch.of(incident, "InvestigationStarted")) == 1
+        assert len(watch.of(incident, "RootCauseConcluded")) == 1
+        steps = [e.data.step for e in watch.of(incident, "AgentStep")]
+        assert steps == list(range(len(steps))) and steps
+        asked = sorted(e.data.tool_call_id for e in watch.of(incident, "ToolRequested"))
+        done = sorted(
+            e.data.tool_call_id for e in watch.of(incident, "ToolCompleted", "ToolFailed")
+        )
+        assert asked == sorted(set(asked)) == done
