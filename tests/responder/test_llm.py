@@ -79,6 +79,8 @@ async def test_an_llm_asks_for_two_tools_at_once_the_worker_runs_them_and_its_an
     assert asked == ["prometheus_query", "recent_changes"]
     steps = [e.data for e in watch.of("inc-1", "AgentStep")]
     assert [s.input_tokens for s in steps] == [100, 101] and result.input_tokens == 201
+    # gpt-4o-mini's price is known to pydantic-ai: each step's cost, and the attempt's sum
+    assert all(s.cost for s in steps) and result.cost == sum(s.cost or 0 for s in steps)
     assert all(isinstance(s, AgentStep) and s.model == "openai:gpt-4o-mini" for s in steps)
     # The alert's text reached the model as quoted data: it cannot close the tag.
     first = chat.requests[0]["messages"]
