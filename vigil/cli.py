@@ -116,7 +116,11 @@ def up() -> None:
                 console.print(f"NATS   {url} ({where})")
                 console.print(f"DuckDB {cfg.db_path}")
                 console.print(f"HTTP   http://{host}:{port}/webhooks/alertmanager")
-                console.print(f"Model  {cfg.model} (investigations)", markup=False, emoji=False)
+                if cfg.responder_enabled:
+                    model = f"Model  {cfg.model} (investigations)"
+                else:
+                    model = "Model  none: VIGIL_RESPONDER_ENABLED=false, no investigations"
+                console.print(model, markup=False, emoji=False)
                 if cfg.webhook_token is None:
                     err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
                 if rules:
@@ -152,9 +156,12 @@ def up_roles(
     roles = [
         Role("projector", lambda ready: run_projector_process(cfg, url, stop, on_ready=ready)),
         Role("api", lambda ready: run_api(cfg, url, sock, stop, on_ready=ready)),
-        Role("worker", lambda ready: run_worker_role(cfg, url, stop, on_ready=ready)),
-        Role("responder", lambda ready: run_responder_role(cfg, url, stop, on_ready=ready)),
     ]
+    if cfg.responder_enabled:
+        roles += [
+            Role("worker", lambda ready: run_worker_role(cfg, url, stop, on_ready=ready)),
+            Role("responder", lambda ready: run_responder_role(cfg, url, stop, on_ready=ready)),
+        ]
     if rules:
         roles.append(
             Role("detector", lambda ready: run_detector_role(cfg, url, rules, stop, on_ready=ready))

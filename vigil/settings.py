@@ -93,6 +93,9 @@ class Settings(BaseSettings):
         default=None, description="an OpenAI-compatible server (Ollama, vLLM, LiteLLM)"
     )
     model_api_key: SecretStr | None = None
+    responder_enabled: bool = Field(
+        default=True, description="false: `vigil up` runs no investigator nor workers"
+    )
     responder_concurrency: int = Field(
         default=8, ge=1, le=1024, description="investigation events one responder handles at once"
     )

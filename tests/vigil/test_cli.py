@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -621,3 +622,18 @@ async def test_investigate_asks_the_running_vigil_for_a_new_attempt(
 
 def _concluded_of(watch: EventWatch, incident: str) -> list[RootCauseConcluded]:
     return [e.data for e in watch.of_type("RootCauseConcluded") if e.incident_id == incident]  # type: ignore[misc]
+
+
+async def test_up_without_the_responder_investigates_nothing(
+    vigil_up: StartUp, tmp_path: Path
+) -> None:
+    """VIGIL_RESPONDER_ENABLED=false: ingestion alone, no investigator nor workers among the
+    roles `vigil up` supervises."""
+    up = await vigil_up(tmp_path / "data", responder_enabled="false")
+    await up.up()
+    assert "Model  none: VIGIL_RESPONDER_ENABLED=false, no investigations" in up.lines
+    metrics = up.http_url().replace("/webhooks/alertmanager", "/metrics")
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(metrics)).text
+    assert 'vigil_role_restarts_total{role="api"}' in text
+    assert 'role="responder"' not in text and 'role="worker"' not in text
