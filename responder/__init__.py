@@ -1,1 +1,1 @@
-"""responder."""
+"""The responder: the investigator, the built-in analyst, and the tool workers."""

@@ -59,6 +59,7 @@ from responder.progress import (
     Investigation,
     Limits,
     Request,
+    Reuse,
     Start,
     Turn,
     Wait,
@@ -169,7 +170,7 @@ class Investigator:
         apply(inv, event, ack.seq)
         return True
 
-    async def _request(self, inv: Investigation, calls: list[Call], reuses: list[Any]) -> None:
+    async def _request(self, inv: Investigation, calls: list[Call], reuses: list[Reuse]) -> None:
         attempt = inv.current
         assert attempt is not None
         events = []
