@@ -9,16 +9,17 @@ through httpx; a query error is the tool's failure, with Prometheus's own messag
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from responder.tools import Tool, ToolContext
-from responder.tools.series import around, points_of, sample_value
+from responder.tools.series import around, auto_step, points_of, sample_value, since
 
 TOP_SERIES = 10
+MAX_POINTS = 1000
 HTTP_TIMEOUT = 20.0
 
 
@@ -40,7 +41,9 @@ class RangeArgs(BaseModel):
         default=None, description="when it began; default: the anomaly's onset, else now"
     )
     before_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
-    step_seconds: float = Field(default=60.0, ge=1, le=3600)
+    step_seconds: float | None = Field(
+        default=None, ge=1, le=3600, description="default: ten points after the onset"
+    )
 
 
 async def prometheus_api(ctx: ToolContext, path: str, params: dict[str, str]) -> Any:
@@ -80,18 +83,29 @@ async def prometheus_query(ctx: ToolContext, args: QueryArgs) -> dict[str, Any]:
 
 async def prometheus_range(ctx: ToolContext, args: RangeArgs) -> dict[str, Any]:
     """Per series, statistics before the onset and from it up to `now` (the onset is the
-    anomaly's by default, else `now`: then "after" is empty); the TOP_SERIES that changed
-    most, by relative change of their means."""
+    anomaly's by default, else `now`: then "after" is empty), and `since`: when its latest
+    unbroken run of values began (for an alert rule's condition, when it began to hold:
+    Prometheus's "active at"); the TOP_SERIES that changed most, by relative change of their
+    means."""
     onset = min(args.onset or ctx.onset or ctx.now, ctx.now)
     start = onset - timedelta(minutes=args.before_minutes)
-    data = await query_range(ctx, args.query, start, args.step_seconds)
-    summaries = [{"labels": s["metric"], **around(points_of(s["values"]), onset)}
+    step = args.step_seconds or auto_step(start, onset, ctx.now, MAX_POINTS)
+    data = await query_range(ctx, args.query, start, step)
+    summaries = [_summary(s["metric"], points_of(s["values"]), onset, step)
                  for s in data["result"]]  # fmt: skip
     summaries.sort(key=lambda s: abs(s["change"]) if s["change"] is not None else -1, reverse=True)
     return {
         "from": start.isoformat(), "onset": onset.isoformat(), "to": ctx.now.isoformat(),
-        "series": summaries[:TOP_SERIES], "total_series": len(summaries),
+        "step_seconds": step, "series": summaries[:TOP_SERIES], "total_series": len(summaries),
     }  # fmt: skip
+
+
+def _summary(
+    labels: dict[str, str], points: list[tuple[float, float]], onset: datetime, step: float
+) -> dict[str, Any]:
+    began = since(points, step)
+    at = None if began is None else datetime.fromtimestamp(began, UTC).isoformat()
+    return {"labels": labels, **around(points, onset), "since": at}
 
 
 async def query_range(

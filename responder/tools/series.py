@@ -75,6 +75,28 @@ def around(points: Sequence[Point], onset: datetime) -> dict[str, Any]:
     return {"before": stats(before), "after": stats(after), "change": change(before, after)}
 
 
+def since(points: Sequence[Point], step: float) -> float | None:
+    """When the latest unbroken run of points began (unix seconds): for a rule's condition,
+    which has a value only while it holds, when it began to hold. A gap wider than 1.5 steps
+    breaks a run; None without points."""
+    if not points:
+        return None
+    began = points[-1][0]
+    for earlier, later in zip(reversed(points[:-1]), reversed(points[1:]), strict=True):
+        if later[0] - earlier[0] > 1.5 * step:
+            break
+        began = earlier[0]
+    return began
+
+
+def auto_step(start: datetime, onset: datetime, now: datetime, max_points: int) -> float:
+    """A range query's step (seconds): fine enough for ten points from the onset to `now`
+    (an alert is investigated minutes after its condition began), at most a minute, at least
+    a second, and never more than `max_points` points over the whole window."""
+    wanted = min(60.0, max(1.0, (now - onset).total_seconds() / 10))
+    return max(wanted, (now - start).total_seconds() / max_points)
+
+
 def tidy(value: float) -> float:
     """Nine significant digits: enough to read, without float noise (0.30000000000000004)."""
     return float(f"{value:.9g}")

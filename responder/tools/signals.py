@@ -21,7 +21,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from responder.tools import Tool, ToolContext
 from responder.tools.config_file import load_config_file
 from responder.tools.prometheus import PrometheusFailed, query_range
-from responder.tools.series import around, points_of, slope_per_minute, split_at
+from responder.tools.series import around, auto_step, points_of, slope_per_minute, split_at
 
 PLACEHOLDER = "{service}"
 MAX_POINTS = 1000  # per signal: the step grows with the window
@@ -119,7 +119,7 @@ async def service_signals(ctx: ToolContext, args: SignalsArgs) -> dict[str, Any]
     templates = load_signals(ctx.settings.signals_file)
     onset = min(args.onset or ctx.onset or ctx.now, ctx.now)
     start = onset - timedelta(minutes=args.before_minutes)
-    step = max(60.0, (ctx.now - start).total_seconds() / MAX_POINTS)
+    step = auto_step(start, onset, ctx.now, MAX_POINTS)
     names = list(templates)
     told = await asyncio.gather(
         *(_signal(ctx, name, render(templates[name], args.service), start, onset, step)

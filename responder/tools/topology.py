@@ -1,5 +1,6 @@
-"""`service_topology`: who a service calls and who calls it, two hops out, with owners,
-runbooks and which of them are alerting now.
+"""`service_topology`: who a service calls and who calls it, two hops out (each with `via`:
+the services one hop nearer that lead to it), with owners, runbooks and which of them are
+alerting now.
 
 The map is a YAML file named by VIGIL_TOPOLOGY (sample: deploy/topology.yaml):
 
@@ -104,20 +105,35 @@ def _reach(
     alerting: dict[str, list[dict[str, Any]]],
 ) -> list[dict[str, Any]]:
     """Breadth first from `start` along `step` (callees or callers), each service once, at
-    the depth it is first reached."""
+    the depth it is first reached, with `via`: the services one hop nearer that lead to it."""
     depth_of: dict[str, int] = {start: 0}
+    via: dict[str, list[str]] = {}
     frontier = [start]
     for depth in range(1, MAX_DEPTH + 1):
-        frontier = list(dict.fromkeys(n for s in frontier for n in step(s) if n not in depth_of))
-        depth_of.update((name, depth) for name in frontier)
-    return [_told(name, depth, topology, alerting) for name, depth in depth_of.items() if depth]
+        reached: dict[str, list[str]] = {}
+        for s in frontier:
+            for n in step(s):
+                if n not in depth_of:
+                    reached.setdefault(n, []).append(s)
+        depth_of.update((name, depth) for name in reached)
+        via.update(reached)
+        frontier = list(reached)
+    return [
+        _told(name, depth, via[name], topology, alerting)
+        for name, depth in depth_of.items()
+        if depth
+    ]
 
 
 def _told(
-    name: str, depth: int, topology: Topology, alerting: dict[str, list[dict[str, Any]]]
+    name: str,
+    depth: int,
+    via: list[str],
+    topology: Topology,
+    alerting: dict[str, list[dict[str, Any]]],
 ) -> dict[str, Any]:
     node = topology.node(name)
-    return {"name": name, "depth": depth, "known": node is not None,
+    return {"name": name, "depth": depth, "via": via, "known": node is not None,
             "owner": node.owner if node else None, "runbook": node.runbook if node else None,
             "alerting": alerting.get(name, [])}  # fmt: skip
 

@@ -78,6 +78,9 @@ async def test_two_hops_each_way_with_owners_and_alerting(
         "payments": 1, "inventory": 1, "db": 2  # not disk: three hops away
     }  # fmt: skip
     assert {name: n["depth"] for name, n in up.items()} == {"frontend": 1, "mobile": 2}
+    assert {name: n["via"] for name, n in down.items()} == {
+        "payments": ["checkout"], "inventory": ["checkout"], "db": ["payments", "inventory"]
+    }  # fmt: skip
     assert down["payments"]["owner"] == "team-pay" and down["db"]["owner"] is None
     assert down["payments"]["alerting"] == [
         {"name": "PaymentsErrors", "severity": "warning",

@@ -57,6 +57,33 @@ async def test_prometheus_tools_summarise_around_the_onset_and_never_look_past_n
     assert before.result["series"][0]["value"] < 0.35  # no spike: it has not happened yet
 
 
+async def test_a_conditions_range_tells_since_when_it_holds(
+    js: JetStreamContext, nc: NATS, outcomes: Outcomes, prometheus: PrometheusServer
+) -> None:
+    """An alert fires after its `for:`: the range of its rule's condition says when it began
+    to hold (the spike's first minute), at a step fine enough for the minutes since."""
+    stop, task = await workers(nc, default_tools(), ToolSettings(prometheus_url=prometheus.url))
+    fired = SPIKE + timedelta(minutes=3)
+    try:
+        await request(js, "cond", "prometheus_range", args={"query": "app_latency_seconds > 1"},
+                      onset=fired, now=fired + timedelta(minutes=1))  # fmt: skip
+        await request(js, "flat", "prometheus_range", args={"query": "app_latency_seconds < 1"},
+                      onset=fired, now=fired + timedelta(minutes=1))  # fmt: skip
+        (held, flat) = await outcomes.of("cond", "flat")
+    finally:
+        stop.set()
+        await task
+    assert isinstance(held, ToolCompleted) and isinstance(flat, ToolCompleted)
+    assert held.result["step_seconds"] == 6.0  # a tenth of the minute since the onset
+    (spike,) = held.result["series"]
+    assert spike["since"] == SPIKE.isoformat()
+    # The opposite condition held from the window's start: for search up to now, for checkout
+    # until the spike (its latest run).
+    since = {s["labels"]["service"]: s["since"] for s in flat.result["series"]}
+    start = (fired - timedelta(minutes=30)).isoformat()
+    assert since == {"search": start, "checkout": start}
+
+
 async def test_failures_are_recorded_with_their_reason(
     js: JetStreamContext, nc: NATS, outcomes: Outcomes, prometheus: PrometheusServer
 ) -> None:
