@@ -4,6 +4,8 @@ the API's later. A running responder takes the attempt up when its Investigation
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from nats.js import JetStreamContext
 
 from eventlog.envelope import new_event
@@ -18,10 +20,18 @@ class NoSuchIncident(LookupError):
 
 
 async def ask_for_attempt(
-    js: JetStreamContext, incident_id: str, *, model: str, by: str, reason: str = ""
+    js: JetStreamContext,
+    incident_id: str,
+    *,
+    model: str,
+    by: str,
+    reason: str = "",
+    now: datetime | None = None,
 ) -> InvestigationStarted:
-    """Open the incident's next attempt (the CLI's `vigil investigate`, and the API's). Two asks
-    at once open one attempt: the one that loses the race answers with the winner's."""
+    """Open the incident's next attempt (the CLI's `vigil investigate`, the API's, and `vigil
+    eval`'s, whose `now` is a past moment: the attempt's tools look at nothing later; None:
+    when the attempt is recorded). Two asks at once open one attempt: the one that loses the
+    race answers with the winner's."""
     inv = fold(incident_id, await incident_events(js, incident_id))
     if inv.trigger is None:
         raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
@@ -29,7 +39,7 @@ async def ask_for_attempt(
     onset = inv.trigger.data.starts_at if isinstance(inv.trigger.data, AnomalyDetected) else None
     started = InvestigationStarted(
         model=model, attempt=number, reason=reason or f"asked by {by}", requested_by=by,
-        onset=onset,
+        onset=onset, now=now,
     )  # fmt: skip
     event = new_event(started, incident_id=incident_id, source="cli")
     try:

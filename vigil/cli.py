@@ -11,7 +11,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Awaitable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -21,6 +22,7 @@ import typer
 from fastapi import FastAPI
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.app import add_metrics
@@ -445,6 +447,96 @@ def replay_cmd(
             run(main())
     else:
         run(main())
+
+
+@app.command(name="eval")
+def eval_cmd(
+    path: Annotated[Path, typer.Argument(help="a scenario folder, or a folder of them")],
+    fmt: Annotated[
+        Literal["table", "json"], typer.Option("--format", help="table, or one JSON object")
+    ] = "table",
+    model: Annotated[
+        str | None, typer.Option(help="the model to judge (default: VIGIL_MODEL, builtin)")
+    ] = None,
+) -> None:
+    """Replay incident scenarios through the real pipeline and score the root causes found."""
+    from vigil.evaluation import evaluate, summarize
+    from vigil.scenarios import ScenarioError, find_scenarios
+
+    cfg = settings()
+    if model:
+        cfg = cfg.model_copy(update={"model": model})
+    check_model(cfg)
+    try:
+        folders = find_scenarios(path)
+    except ScenarioError as exc:
+        raise CliError(str(exc)) from None
+
+    async def main() -> dict[str, Any]:
+        with (
+            tempfile.TemporaryDirectory(prefix="vigil-eval-") as work,
+            _progress(len(folders)) as (on_start, on_done),
+        ):
+            results = await evaluate(folders, cfg, Path(work), on_start=on_start, on_done=on_done)
+        return summarize(results, cfg.model)
+
+    summary = run(main())
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_eval(summary)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[tuple[Callable[[str], None], Callable[[Any], None]]]:
+    """Which scenario runs, on stderr (stdout keeps the table or the JSON)."""
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+        console=err, transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("scenarios", total=total)
+
+        def on_start(name: str) -> None:
+            progress.update(task, description=f"scenario {name}")
+
+        def on_done(result: Any) -> None:
+            progress.advance(task)
+            mark = "error" if result.error else ("hit" if result.hit_top1 else "miss")
+            if not err.is_terminal:
+                err.print(f"{result.name}: {mark}", markup=False, highlight=False)
+
+        yield on_start, on_done
+
+
+def print_eval(summary: dict[str, Any]) -> None:
+    table = Table("scenario", "expected", "top-1", "top-3", "hit", "confidence", "tool calls",
+                  "seconds")  # fmt: skip
+    for r in summary["results"]:
+        if r["error"]:
+            table.add_row(r["name"], "", "", "", "error", "", "", "")
+            continue
+        hit = "top-1" if r["hit_top1"] else ("top-3" if r["hit_top3"] else "miss")
+        confidence = "" if r["confidence"] is None else f"{r['confidence']:.2f}"
+        expected = (
+            f"{r['expected']} ({r['expected_service']})" if r["expected_service"] else r["expected"]
+        )
+        top1 = f"{r['ranked'][0]} ({r['top_service']})" if r["ranked"] else "none"
+        table.add_row(r["name"], expected, top1, ", ".join(r["ranked"][:3]), hit, confidence,
+                      str(r["tool_calls"]), f"{r['seconds']:.1f}")  # fmt: skip
+    console.print(table)
+    n = summary["scenarios"]
+    brier = "n/a" if summary["brier"] is None else f"{summary['brier']:.3f}"
+    console.print(
+        f"model {summary['model']}: top-1 {summary['top1']}/{n}, top-3 {summary['top3']}/{n}, "
+        f"Brier score {brier} (0 is perfect; always 0.5 scores 0.25)",
+        markup=False, highlight=False,
+    )  # fmt: skip
+    for r in summary["results"]:
+        if r["error"]:
+            err.print(f"{r['name']}: could not run: {r['error']}", markup=False, highlight=False)
 
 
 @app.command()

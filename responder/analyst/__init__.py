@@ -1,23 +1,23 @@
 """The built-in analyst: a deterministic pydantic-ai `FunctionModel` that investigates offline.
 
-It plans tools from the alert so they run in parallel (turn 1: the service's golden signals,
-its topology, recent changes, related alerts, similar incidents, and the alert's own PromQL
-when its generator URL carries it), takes a second turn for the golden signals of the services
-the alerting one depends on, then ranks hypotheses with documented rules
-(`responder.analyst.rules`). The agent code does not know it is not an LLM.
+It plans tools from the alert so they run in parallel. Turn 1: the service's topology, recent
+changes, related alerts, similar incidents, and the range of the alert rule's own PromQL when
+its generator URL carries it (when the condition began to hold is the onset). Turn 2: the
+golden signals of the alerting service and of what it calls, one and two hops down, around
+that onset. Then it ranks hypotheses with documented rules (`responder.analyst.rules`). The
+agent code does not know it is not an LLM.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 from pydantic_ai import ModelMessage, ModelRequest, ModelResponse, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from eventlog.payloads.investigation import RootCauseReport
 from responder.agent import alert_data, prompt
-from responder.analyst.evidence import Result, gather
+from responder.analyst.evidence import Result, gather, rule_expr
 from responder.analyst.rules import rank
 from responder.progress import Attempt, Investigation, calls_in
 
@@ -38,7 +38,7 @@ def analyse(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     if turns == 0:
         wanted = _first_turn(alert)
     elif turns == 1:
-        wanted = _dependencies(alert, results, made)
+        wanted = _signals(alert, results, made)
     offered = {t.name for t in info.function_tools}
     wanted = [(name, args) for name, args in wanted if name in offered]
     if wanted:
@@ -113,33 +113,27 @@ def _first_turn(alert: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     ]
     if service:
         wanted += [
-            ("service_signals", {"service": service}),
             ("service_topology", {"service": service}),
             ("similar_incidents", {"service": service, "alert": name}),
         ]
     elif name:
         wanted.append(("similar_incidents", {"alert": name}))
-    expr = _expr(trigger.get("generator_url"))
+    expr = rule_expr(trigger.get("generator_url"))
     if expr:
         wanted.append(("prometheus_range", {"query": expr}))
     return wanted
 
 
-def _dependencies(
+def _signals(
     alert: dict[str, Any], results: list[Result], made: dict[str, ToolCallPart]
 ) -> list[tuple[str, dict[str, Any]]]:
+    """The golden signals of the alerting service and of up to MAX_DEPENDENCIES services it
+    calls (one hop, then two), around the onset the first turn tells."""
     evidence = gather(alert, results)
-    service = evidence.service
+    onset = evidence.onset
     checked = {
         p.args_as_dict().get("service") for p in made.values() if p.tool_name == "service_signals"
     }
-    deps = [d for d in evidence.depends_on.get(service or "", []) if d not in checked]
-    return [("service_signals", {"service": d}) for d in deps[:MAX_DEPENDENCIES]]
-
-
-def _expr(generator_url: str | None) -> str | None:
-    """The rule's PromQL from a Prometheus generator URL (`/graph?g0.expr=...`)."""
-    if not generator_url:
-        return None
-    values = parse_qs(urlparse(generator_url).query).get("g0.expr")
-    return values[0] if values else None
+    services = [s for s in evidence.path()[: MAX_DEPENDENCIES + 1] if s not in checked]
+    args = {"onset": onset.isoformat()} if onset else {}
+    return [("service_signals", {"service": s, **args}) for s in services]

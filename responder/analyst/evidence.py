@@ -8,8 +8,14 @@ A result that is missing, failed or shaped unexpectedly is simply no evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+# Prometheus fires an alert once its condition has held for the rule's `for:`, commonly a few
+# minutes: without the rule's PromQL to tell when it began to hold, the onset is guessed this
+# much before an Alertmanager alert's start. The detector's own anomalies start at their onset.
+PENDING_GUESS = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -58,11 +64,13 @@ class Evidence:
     results: list[Result]
     signals: dict[str, dict[str, Signal]] = field(default_factory=dict)  # service -> name ->
     changes: list[Change] = field(default_factory=list)
-    depends_on: dict[str, list[str]] = field(default_factory=dict)  # service -> downstream
+    # service -> what it calls, as far as the topology was told (two hops from the alerting one)
+    depends_on: dict[str, list[str]] = field(default_factory=dict)
     topology_calls: dict[str, str] = field(default_factory=dict)  # service -> call id
     # service -> (alert name, call id)
     alerting: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     similar: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    condition_since: datetime | None = None  # when the alert rule's condition began to hold
 
     @property
     def service(self) -> str | None:
@@ -71,9 +79,36 @@ class Evidence:
         return trigger.get("service") or labels.get("service") or labels.get("job")
 
     @property
-    def onset(self) -> datetime | None:
+    def starts_at(self) -> datetime | None:
         raw = self.alert.get("trigger", {}).get("starts_at")
         return datetime.fromisoformat(raw) if raw else None
+
+    @property
+    def onset(self) -> datetime | None:
+        """When the trouble began: when the alert rule's condition began to hold (its PromQL
+        from the generator URL, asked for over the time before the alert), else the alert's
+        start less PENDING_GUESS (an Alertmanager alert), else its start."""
+        starts = self.starts_at
+        if starts is None:
+            return None
+        if self.condition_since is not None and self.condition_since <= starts:
+            return self.condition_since
+        if self.alert.get("trigger", {}).get("origin") == "alertmanager":
+            return starts - PENDING_GUESS
+        return starts
+
+    @property
+    def expr(self) -> str | None:
+        return rule_expr(self.alert.get("trigger", {}).get("generator_url"))
+
+    def path(self) -> list[str]:
+        """The alerting service and what it calls, one and two hops down, nearest first."""
+        service = self.service
+        if service is None:
+            return []
+        near = self.depends_on.get(service, [])
+        far = [d for n in near for d in self.depends_on.get(n, [])]
+        return list(dict.fromkeys([service, *near, *far]))
 
     def failed(self) -> list[Result]:
         return [r for r in self.results if not r.ok]
@@ -129,11 +164,23 @@ def _changes(evidence: Evidence, result: Result) -> None:
         )
 
 
+def rule_expr(generator_url: str | None) -> str | None:
+    """The rule's PromQL from a Prometheus generator URL (`/graph?g0.expr=...`)."""
+    if not generator_url:
+        return None
+    values = parse_qs(urlparse(generator_url).query).get("g0.expr")
+    return values[0] if values else None
+
+
 def _topology(evidence: Evidence, result: Result) -> None:
     content = result.content
     service = content.get("service") or result.args.get("service")
-    downstream = [d["name"] for d in content.get("depends_on", []) if d.get("depth", 1) == 1]
-    evidence.depends_on[service] = downstream
+    nodes = content.get("depends_on", [])
+    evidence.depends_on[service] = [d["name"] for d in nodes if d.get("depth", 1) == 1]
+    for node in nodes:  # two hops down: under each service that leads to it
+        if node.get("depth") == 2:
+            for parent in node.get("via") or []:
+                evidence.depends_on.setdefault(parent, []).append(node["name"])
     evidence.topology_calls[service] = result.tool_call_id
     for node in [*content.get("depends_on", []), *content.get("dependents", [])]:
         for alert in node.get("alerting", []) or []:
@@ -142,12 +189,25 @@ def _topology(evidence: Evidence, result: Result) -> None:
 
 
 def _alerts(evidence: Evidence, result: Result) -> None:
-    for group in result.content.get("services", []):
+    for group in result.content.get("groups", []):
         service = group.get("service")
         for alert in group.get("alerts", []):
             if service:
                 pair = (alert.get("name", "?"), result.tool_call_id)
                 evidence.alerting.setdefault(service, []).append(pair)
+
+
+def _condition(evidence: Evidence, result: Result) -> None:
+    """The range of the alert rule's own PromQL: the latest start of a run of it holding, up
+    to the alert's start."""
+    if result.args.get("query") != evidence.expr or evidence.starts_at is None:
+        return
+    starts = evidence.starts_at
+    runs = [datetime.fromisoformat(s["since"]) for s in result.content.get("series", [])
+            if s.get("since")]  # fmt: skip
+    runs = [r for r in runs if r <= starts]
+    if runs:
+        evidence.condition_since = max(runs)
 
 
 def _similar(evidence: Evidence, result: Result) -> None:
@@ -161,4 +221,5 @@ _READERS = {
     "service_topology": _topology,
     "related_alerts": _alerts,
     "similar_incidents": _similar,
+    "prometheus_range": _condition,
 }

@@ -122,18 +122,37 @@ def rank(evidence: Evidence) -> RootCauseReport:
     service = evidence.service
     ruled_out: list[RuledOut] = []
     found: list[Candidate] = []
-    deps = evidence.depends_on.get(service or "", [])
+    path = evidence.path()
     own = health(evidence, service) if service else None
-    found += _changes(evidence, service, deps, ruled_out)
-    found += _dependencies(evidence, deps, ruled_out)
+    found += _changes(evidence, service, path, ruled_out)
+    found += _dependencies(evidence, path[1:], ruled_out)
     if service and own is not None:
         found += _own(service, own, found)
     _similar(evidence, found)
     return _report(evidence, service, found, ruled_out)
 
 
+def _implicated(evidence: Evidence, service: str) -> bool:
+    """Degraded by its signals, or alerting."""
+    state = health(evidence, service)
+    return bool(evidence.alerting.get(service)) or (state is not None and state.degraded)
+
+
+def _cut_off(evidence: Evidence, service: str) -> str | None:
+    """A service two hops down whose trouble cannot reach the alerting service: every
+    service between them is healthy (its name), else None."""
+    alerting = evidence.service
+    near = evidence.depends_on.get(alerting or "", [])
+    if service == alerting or service in near:
+        return None
+    between = [n for n in near if service in evidence.depends_on.get(n, [])]
+    if between and not any(_implicated(evidence, n) for n in between):
+        return between[0]
+    return None
+
+
 def _changes(
-    evidence: Evidence, service: str | None, deps: list[str], ruled_out: list[RuledOut]
+    evidence: Evidence, service: str | None, path: list[str], ruled_out: list[RuledOut]
 ) -> list[Candidate]:
     onset = evidence.onset
     if onset is None:
@@ -144,7 +163,7 @@ def _changes(
         if not -CHANGE_AFTER <= before <= CHANGE_BEFORE:
             continue
         told = f"{change.kind} of {change.service} ({_ref(change)}) {_minutes(before)} the onset"
-        if change.service != service and change.service not in deps:
+        if change.service not in path:
             reason = f"{change.service} is not on the path of {service}"
             ruled_out.append(_ruled_out_change(told, change, [change.call], reason))
             continue
@@ -152,6 +171,11 @@ def _changes(
         if state is not None and not state.degraded:
             reason = f"{change.service} shows no errors, latency or scrape loss after it"
             ruled_out.append(_ruled_out_change(told, change, [change.call, *state.calls()], reason))
+            continue
+        healthy_between = _cut_off(evidence, change.service)
+        if healthy_between is not None:
+            reason = f"{healthy_between}, between it and {service}, is healthy"
+            ruled_out.append(_ruled_out_change(told, change, [change.call], reason))
             continue
         score = 0.5 if state is None else (0.85 if before <= CHANGE_CLOSE else 0.7)
         why = [told]
@@ -194,10 +218,8 @@ def _dependencies(
                 )
             )
             continue
-        if state is not None and state.leaking and state.degraded:
-            found.append(Candidate("memory_leak", dep, 0.7, [_leak(dep, state)], state.calls()))
         score = (0.75 if state is not None and state.degraded else 0) + (0.5 if alerts else 0)
-        if score == 0:
+        if score == 0 or _cut_off(evidence, dep) is not None:
             continue
         why, calls = [], [call for _, call in alerts]
         if state is not None and state.degraded:
@@ -205,7 +227,38 @@ def _dependencies(
             calls += state.calls()
         if alerts:
             why.append(f"{dep} is alerting: {', '.join(sorted({n for n, _ in alerts}))}")
-        found.append(Candidate("dependency_failure", dep, min(score, 0.85), why, calls))
+        score = min(score, 0.85)
+        # A failing service is often the victim of something else: of what it calls in turn,
+        # or of more requests than before from its callers. The blame moves on.
+        below = [d for d in evidence.depends_on.get(dep, []) if _implicated(evidence, d)]
+        if below:
+            score -= 0.3
+            why.append(f"but {', '.join(below)}, which it calls, is failing too")
+        load = state.traffic.ratio if state is not None and state.traffic else None
+        if load is not None and load >= 1.5:
+            score -= 0.3
+            why.append(f"but it is asked {_times(load)} as much as before: its callers' load")
+        found.append(Candidate("dependency_failure", dep, score, why, calls))
+        if state is not None and state.degraded and not below and (load or 1) < 1.5:
+            found += _mechanisms(dep, state)
+    return found
+
+
+def _mechanisms(dep: str, state: Health) -> list[Candidate]:
+    """Why a failing dependency fails, when its own signals tell: a more specific cause than
+    its failure alone, so it ranks above it."""
+    calls = state.calls()
+    found = []
+    if state.leaking:
+        found.append(Candidate("memory_leak", dep, 0.8, [_leak(dep, state)], calls))
+    cpu = state.cpu.ratio if state.cpu else None
+    traffic = state.traffic.ratio if state.traffic else None
+    if cpu is not None and cpu >= 1.5 and (traffic or 1) < 1.3 and state.latency_up:
+        why = [f"CPU of {dep} {_times(cpu)} with traffic {_times(traffic or 1)}"]
+        found.append(Candidate("resource_saturation", dep, 0.8, why, calls))
+    if state.down:
+        why = [f"scrape health of {dep} fell to {state.up.after:.2f}"]  # type: ignore[union-attr]
+        found.append(Candidate("infrastructure_node", dep, 0.8, why, calls))
     return found
 
 

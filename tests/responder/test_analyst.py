@@ -46,10 +46,19 @@ def changes(*items: tuple[str, int, str]) -> Result:
     return Result("c", "recent_changes", {"hours": 3}, True, {"changes": told, "total": len(told)})
 
 
-def topology(service: str, *deps: str) -> Result:
+def topology(service: str, *deps: str, below: dict[str, list[str]] | None = None) -> Result:
+    """`service` calls `deps`; `below`: what each of those calls (two hops down)."""
+    far = [{"name": d, "depth": 2, "via": [n]} for n, ds in (below or {}).items() for d in ds]
     return Result("t", "service_topology", {"service": service}, True,
-                  {"service": service, "depends_on": [{"name": d, "depth": 1} for d in deps],
-                   "dependents": []})  # fmt: skip
+                  {"service": service, "dependents": [],
+                   "depends_on": [{"name": d, "depth": 1, "via": [service]} for d in deps] + far,
+                   })  # fmt: skip
+
+
+def alerting(*pairs: tuple[str, str]) -> Result:
+    """related_alerts' answer: (service, alert name) firing."""
+    groups = [{"service": s, "alerts": [{"name": n}]} for s, n in pairs]
+    return Result("a", "related_alerts", {}, True, {"groups": groups, "total": len(groups)})
 
 
 def top(*results: Result) -> tuple[str, str | None, float]:
@@ -112,6 +121,72 @@ def test_errors_with_nothing_to_explain_them_are_a_regression_and_flat_signals_a
     assert top(signals("s1", "checkout"), topology("checkout"))[0] == "unknown"
 
 
+def test_the_failure_two_hops_down_is_blamed_not_the_service_between() -> None:
+    """frontend -> checkout -> payments: payments' deploy broke it; checkout only passes its
+    errors on, and inventory, healthy, cuts search's deploy off from the frontend."""
+    report = rank(gather(ALERT | {"trigger": TRIGGER | {"service": "frontend"}}, [
+        signals("s0", "frontend", errors=signal(0.001, 0.1)),
+        signals("s1", "checkout", errors=signal(0.001, 0.12)),
+        signals("s2", "payments", errors=signal(0.001, 0.3)),
+        signals("s3", "inventory"),
+        signals("s4", "search", latency_p99=signal(0.1, 0.9)),
+        changes(("payments", 6, "v7"), ("search", 4, "v2")),
+        topology("frontend", "checkout", "inventory",
+                 below={"checkout": ["payments"], "inventory": ["search"]}),
+    ]))  # fmt: skip
+    ranked = [(h.category, h.service) for h in report.hypotheses]
+    assert ranked[0] == ("deploy_or_config_change", "payments")
+    assert ranked.index(("dependency_failure", "payments")) < ranked.index(
+        ("dependency_failure", "checkout")
+    )
+    (search,) = [r for r in report.ruled_out if r.service == "search"]
+    assert search.reason == "inventory, between it and frontend, is healthy"
+
+
+def test_a_dependency_overloaded_by_its_callers_is_not_the_cause() -> None:
+    """checkout's flag makes it hammer redis: redis alerts first, but it is asked three times
+    as much; the flag is the cause."""
+    flag = Result("c", "recent_changes", {}, True, {"changes": [
+        {"service": "checkout", "kind": "feature_flag", "description": "cache per request",
+         "ref": "cache=off", "at": (ONSET - timedelta(minutes=12)).isoformat()}]})  # fmt: skip
+    report = rank(gather(ALERT, [
+        signals("s1", "checkout", errors=signal(0.002, 0.09)),
+        signals("s2", "redis", traffic=signal(2000, 6000), latency_p99=signal(0.002, 0.05)),
+        flag, alerting(("redis", "RedisLatencyHigh")), topology("checkout", "redis"),
+    ]))  # fmt: skip
+    first, second = report.hypotheses[:2]
+    assert (first.category, first.service) == ("deploy_or_config_change", "checkout")
+    assert (second.category, second.service) == ("dependency_failure", "redis")
+    assert "x3.0 as much as before" in second.explanation and second.confidence < 0.6
+
+
+def test_why_a_dependency_fails_ranks_above_its_failure() -> None:
+    leak = signal(5e8, 8e8, slope=3e6, slope_before=3e6)
+    report = rank(gather(ALERT, [
+        signals("s1", "checkout", errors=signal(0.002, 0.09)),
+        signals("s2", "inventory", memory=leak, errors=signal(0.001, 0.2)),
+        topology("checkout", "inventory"),
+    ]))  # fmt: skip
+    assert [(h.category, h.service) for h in report.hypotheses[:2]] == [
+        ("memory_leak", "inventory"), ("dependency_failure", "inventory")
+    ]  # fmt: skip
+
+
+def test_the_onset_is_when_the_rules_condition_began_to_hold() -> None:
+    alert = ALERT | {"trigger": TRIGGER | {"origin": "alertmanager"}}
+    held = ONSET - timedelta(minutes=3, seconds=12)
+    rule = Result("r", "prometheus_range", {"query": "rate(x[5m])"}, True, {"series": [
+        {"labels": {}, "since": (ONSET - timedelta(minutes=50)).isoformat()},
+        {"labels": {}, "since": held.isoformat()},
+        {"labels": {}, "since": (ONSET + timedelta(minutes=1)).isoformat()},  # after: not it
+    ]})  # fmt: skip
+    assert gather(alert, [rule]).onset == held
+    other = Result("r", "prometheus_range", {"query": "up"}, True, rule.content)
+    assert gather(alert, [other]).onset == ONSET - timedelta(minutes=5)  # the guess
+    detector = ALERT | {"trigger": TRIGGER | {"origin": "detector"}}
+    assert gather(detector, [other]).onset == ONSET
+
+
 def test_failed_tools_are_gaps_and_no_evidence_is_an_honest_unknown() -> None:
     failed = Result("s1", "service_signals", {"service": "checkout"}, False, "no Prometheus")
     report = rank(gather(ALERT, [failed]))
@@ -126,7 +201,7 @@ def info(*names: str) -> AgentInfo:
         model_request_parameters=None, instructions=None)  # type: ignore[arg-type]  # fmt: skip
 
 
-def test_the_plan_asks_wide_first_then_downstream_then_answers() -> None:
+def test_the_plan_asks_wide_first_then_signals_around_the_onset_then_answers() -> None:
     offered = info("recent_changes", "related_alerts", "service_signals", "service_topology",
                    "similar_incidents", "prometheus_range")  # fmt: skip
     prompt = ModelRequest.user_text_prompt(
@@ -134,18 +209,23 @@ def test_the_plan_asks_wide_first_then_downstream_then_answers() -> None:
     )
     first = analyse([prompt], offered)
     asked = {p.tool_name: p.args for p in first.parts if isinstance(p, ToolCallPart)}
-    assert asked["service_signals"] == {"service": "checkout"}
     assert asked["prometheus_range"] == {"query": "rate(x[5m])"}
-    assert set(asked) == {"recent_changes", "related_alerts", "service_signals",
-                          "service_topology", "similar_incidents", "prometheus_range"}  # fmt: skip
+    assert set(asked) == {"recent_changes", "related_alerts", "service_topology",
+                          "similar_incidents", "prometheus_range"}  # fmt: skip
     ids = {p.tool_name: p.tool_call_id for p in first.parts if isinstance(p, ToolCallPart)}
-    answers = ModelRequest(parts=[ToolReturnPart(n, topology("checkout", "db").content if
-                                                 n == "service_topology" else {}, tool_call_id=i)
+    held = (ONSET - timedelta(minutes=4)).isoformat()
+    content = {
+        "service_topology": topology("checkout", "db", below={"db": ["disk"]}).content,
+        "prometheus_range": {"series": [{"labels": {}, "since": held}]},
+    }
+    answers = ModelRequest(parts=[ToolReturnPart(n, content.get(n, {}), tool_call_id=i)
                                   for n, i in ids.items()])  # fmt: skip
     second = analyse([prompt, first, answers], offered)
-    assert [(p.tool_name, p.args) for p in second.parts] == [("service_signals", {"service": "db"})]
+    assert [(p.tool_name, p.args) for p in second.parts] == [
+        ("service_signals", {"service": s, "onset": held}) for s in ("checkout", "db", "disk")
+    ]
     third = analyse([prompt, first, answers, second, ModelRequest(parts=[
-        ToolReturnPart("service_signals", {}, tool_call_id=second.parts[0].tool_call_id)])],
-        offered)  # fmt: skip
+        ToolReturnPart("service_signals", {}, tool_call_id=p.tool_call_id)
+        for p in second.parts])], offered)  # fmt: skip
     assert [p.tool_name for p in third.parts] == ["final_result"]
     assert isinstance(third, ModelResponse)

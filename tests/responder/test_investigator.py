@@ -108,9 +108,9 @@ async def test_an_anomaly_is_investigated_against_a_real_prometheus_to_one_repor
         assert set(hypothesis.evidence) <= set(asked)
     gaps = result.report.gaps  # no topology file, no read model: told once each
     assert len(gaps) == 2 and "VIGIL_TOPOLOGY" in gaps[0] and "vigil.sql.read" in gaps[1]
-    steps = [e.data for e in watch.of("inc-1", "AgentStep")]
-    assert [(s.step, s.turn) for s in steps] == [(0, 0), (1, 1)]
-    assert result.model_requests == 2 and result.tool_calls == len(asked)
+    steps = [e.data for e in watch.of("inc-1", "AgentStep")]  # wide; the signals; the answer
+    assert [(s.step, s.turn) for s in steps] == [(0, 0), (1, 1), (2, 2)]
+    assert result.model_requests == 3 and result.tool_calls == len(asked)
     outcomes = watch.of("inc-1", "ToolCompleted", "ToolFailed")
     assert sorted(o.data.tool_call_id for o in outcomes) == sorted(asked)
 
