@@ -458,6 +458,10 @@ def eval_cmd(
     model: Annotated[
         str | None, typer.Option(help="the model to judge (default: VIGIL_MODEL, builtin)")
     ] = None,
+    keep: Annotated[
+        Path | None,
+        typer.Option(help="keep each scenario's data here (KEEP/NAME/vigil: for vigil sql)"),
+    ] = None,
 ) -> None:
     """Replay incident scenarios through the real pipeline and score the root causes found."""
     from vigil.evaluation import evaluate, summarize
@@ -472,12 +476,18 @@ def eval_cmd(
     except ScenarioError as exc:
         raise CliError(str(exc)) from None
 
+    if keep is not None:
+        usable_dir(keep, "--keep folder", "name a writable folder")
+
     async def main() -> dict[str, Any]:
         with (
-            tempfile.TemporaryDirectory(prefix="vigil-eval-") as work,
+            tempfile.TemporaryDirectory(prefix="vigil-eval-") as temp,
             _progress(len(folders)) as (on_start, on_done),
         ):
-            results = await evaluate(folders, cfg, Path(work), on_start=on_start, on_done=on_done)
+            results = await evaluate(
+                folders, cfg, keep or Path(temp), on_start=on_start, on_done=on_done,
+                keep=keep is not None,
+            )  # fmt: skip
         return summarize(results, cfg.model)
 
     summary = run(main())

@@ -138,9 +138,11 @@ async def evaluate(
     *,
     on_start: Callable[[str], None] = lambda name: None,
     on_done: Callable[[ScenarioResult], None] = lambda result: None,
+    keep: bool = False,
 ) -> list[ScenarioResult]:
-    """Each folder's scenario run in turn (in `work`, emptied after each); a folder that is
-    not a scenario, or a scenario that cannot run, is a result with its `error`."""
+    """Each folder's scenario run in turn, in `work`/its name (removed after it, unless
+    `keep`: then its `vigil` folder is a data dir for `vigil sql`); a folder that is not a
+    scenario, or a scenario that cannot run, is a result with its `error`."""
     results = []
     for folder in folders:
         on_start(folder.name)
@@ -150,7 +152,8 @@ async def evaluate(
         except (ScenarioError, ServerError, RoleFailed, EvalFailed) as exc:
             result = ScenarioResult(name=folder.name, error=str(exc))
         finally:
-            await asyncio.to_thread(shutil.rmtree, place, True)
+            if not keep:
+                await asyncio.to_thread(shutil.rmtree, place, True)
         results.append(result)
         on_done(result)
     return results
@@ -200,7 +203,7 @@ def _plain_metrics(source: Path, work: Path) -> Path:
 async def _investigate(scenario: Scenario, cfg: Settings, token: str) -> ScenarioResult:
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     async with broker(cfg) as (url, _), _roles() as start:
-        await start(lambda stop, ready: run_projector(cfg, url, stop, on_ready=ready))
+        projector = await start(lambda stop, ready: run_projector(cfg, url, stop, on_ready=ready))
         sock = bind_http(cfg)
         try:
             await start(lambda stop, ready: run_api(cfg, url, sock, stop, on_ready=ready))
@@ -213,8 +216,10 @@ async def _investigate(scenario: Scenario, cfg: Settings, token: str) -> Scenari
                 await start(lambda stop, ready: run_worker_role(cfg, url, stop, on_ready=ready))
                 await start(lambda stop, ready: run_responder_role(cfg, url, stop, on_ready=ready))
                 began = time.monotonic()
-                conclusion = await _conclusion(js, incident, scenario, cfg)
-                return score(scenario, conclusion, time.monotonic() - began)
+                conclusion, seq = await _conclusion(js, incident, scenario, cfg)
+                seconds = time.monotonic() - began
+                await projector.wait_for(seq)  # DuckDB holds the story before the world stops
+                return score(scenario, conclusion, seconds)
         finally:
             sock.close()
 
@@ -223,22 +228,27 @@ Role = Callable[[asyncio.Event, Callable[..., None]], Coroutine[Any, Any, None]]
 
 
 @contextlib.asynccontextmanager
-async def _roles() -> AsyncIterator[Callable[[Role], Coroutine[Any, Any, None]]]:
-    """Start roles one after another (each awaited until ready, or its failure raised); all
-    stop together when the block ends."""
+async def _roles() -> AsyncIterator[Callable[[Role], Coroutine[Any, Any, Any]]]:
+    """Start roles one after another (each awaited until ready, then what it gave `on_ready`
+    returned; or its failure raised); all stop together when the block ends."""
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 
-    async def start(role: Role) -> None:
-        ready = asyncio.Event()
-        task = asyncio.create_task(role(stop, lambda *_: ready.set()))
+    async def start(role: Role) -> Any:
+        ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def on_ready(*given: Any) -> None:
+            if not ready.done():
+                ready.set_result(given[0] if given else None)
+
+        task = asyncio.create_task(role(stop, on_ready))
         tasks.append(task)
-        waiting = asyncio.create_task(ready.wait())
-        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        if not ready.is_set():
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
             await task  # raises why it stopped
             raise RoleFailed("a role stopped before it was ready")
+        return ready.result()
 
     try:
         yield start
@@ -346,15 +356,18 @@ async def _incident_of(js: JetStreamContext, fingerprint: str) -> str:
 
 async def _conclusion(
     js: JetStreamContext, incident: str, scenario: Scenario, cfg: Settings
-) -> RootCauseConcluded:
-    """Ask for the attempt at the trigger's start, then wait for its conclusion."""
+) -> tuple[RootCauseConcluded, int]:
+    """Ask for the attempt at the trigger's start, then wait for its conclusion (and its
+    stream sequence)."""
     subject = subject_for(incident, "RootCauseConcluded")
-    found: asyncio.Future[RootCauseConcluded] = asyncio.get_running_loop().create_future()
+    found: asyncio.Future[tuple[RootCauseConcluded, int]] = (
+        asyncio.get_running_loop().create_future()
+    )
 
     async def on_message(msg: Any) -> None:
         event = parse_event(msg.data)
         if isinstance(event.data, RootCauseConcluded) and not found.done():
-            found.set_result(event.data)
+            found.set_result((event.data, msg.metadata.sequence.stream))
 
     sub = await js.subscribe(subject, cb=on_message, ordered_consumer=True, stream=EVENTS_STREAM)
     try:

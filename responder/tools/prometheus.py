@@ -112,8 +112,9 @@ async def query_range(
     ctx: ToolContext, query: str, start: datetime, step_seconds: float
 ) -> dict[str, Any]:
     """`query` from `start` up to `now`, never past it."""
+    # The step in plain seconds: Prometheus takes 1.8 but not "1.8s" (a duration is whole).
     params = {"query": query, "start": timestamp(start), "end": timestamp(ctx.now),
-              "step": f"{step_seconds:g}s"}  # fmt: skip
+              "step": f"{step_seconds:g}"}  # fmt: skip
     data: dict[str, Any] = await prometheus_api(ctx, "/api/v1/query_range", params)
     return data
 

@@ -1,0 +1,129 @@
+"""`vigil eval`: scenarios replayed through the real pipeline, scored; a folder that cannot run
+is named and the rest go on; the investigation sees nothing past the trigger's start."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+from vigil_cli_support import run_vigil, vigil_env
+
+from tests.detector.prometheus_server import openmetrics
+from tests.responder import golden
+from vigil.evaluation import ScenarioResult, summarize
+
+ERRORS = ('sum(rate(http_requests_total{service="checkout",code=~"5.."}[5m])) / '
+          'sum(rate(http_requests_total{service="checkout"}[5m])) > 0.05')  # fmt: skip
+TRIGGER_MINUTE = 64  # golden's errors begin in the minute after its ONSET (60)
+
+
+def write_scenario(root: Path, name: str, **replace: Any) -> Path:
+    """golden's checkout (errors from minute 61, memory climbing all along) as a scenario: a
+    deploy before the trigger and one after it, an alert over before it and one after it."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    files: dict[str, Any] = {
+        "scenario.yaml": {"name": name, "start": golden.minute(0).isoformat(),
+                          "duration_minutes": golden.MINUTES, "story": "ignored"},
+        "alerts.yaml": [
+            {"labels": {"alertname": "CheckoutErrors", "service": "checkout",
+                        "severity": "critical"}, "annotations": {"summary": "5xx"},
+             "starts_at_minute": TRIGGER_MINUTE, "ends_at_minute": None, "expr": ERRORS},
+            {"labels": {"alertname": "PaymentsSlow", "service": "payments",
+                        "severity": "warning"}, "starts_at_minute": 40, "ends_at_minute": 50},
+            {"labels": {"alertname": "PaymentsDown", "service": "payments",
+                        "severity": "critical"}, "starts_at_minute": 62, "ends_at_minute": 90},
+            {"labels": {"alertname": "Later", "service": "payments", "severity": "warning"},
+             "starts_at_minute": 80, "ends_at_minute": None},
+        ],
+        "changes.yaml": [
+            {"at_minute": 55, "service": "checkout", "kind": "deploy", "description": "deploy",
+             "version": "v2"},
+            {"at_minute": 70, "service": "checkout", "kind": "config", "key": "pool",
+             "value": 3},
+        ],
+        "topology.yaml": {"services": [
+            {"name": "checkout", "depends_on": ["payments"], "owner": "shop", "runbook": "r"},
+            {"name": "payments", "depends_on": [], "owner": "pay", "runbook": "r"}]},
+        "expected.yaml": {"root_cause_category": "memory_leak",
+                          "root_cause_service": "checkout"},
+    }  # fmt: skip
+    files.update(replace)
+    for file, content in files.items():
+        if content is not None:
+            (folder / file).write_text(yaml.safe_dump(content))
+    with gzip.open(folder / "metrics.om.gz", "wt") as packed:
+        packed.write(openmetrics(golden.series()))
+    return folder
+
+
+def test_scores_and_the_brier_score() -> None:
+    def result(name: str, hit1: bool, hit3: bool, confidence: float) -> ScenarioResult:
+        return ScenarioResult(name, hit_top1=hit1, hit_top3=hit3, confidence=confidence,
+                              hit_service=True)  # fmt: skip
+
+    results = [
+        result("right", True, True, 0.9),  # (0.9 - 1)^2 = 0.01
+        result("humble", False, True, 0.3),  # 0.09
+        result("confident", False, False, 0.8),  # 0.64
+        ScenarioResult("broken", error="alerts.yaml is missing"),  # a miss, no Brier term
+    ]
+    summary = summarize(results, "builtin")
+    assert {k: summary[k] for k in ("scenarios", "ran", "failed", "top1", "top3")} == {
+        "scenarios": 4, "ran": 3, "failed": 1, "top1": 1, "top3": 2
+    }  # fmt: skip
+    assert summary["brier"] == pytest.approx((0.01 + 0.09 + 0.64) / 3, abs=1e-4)
+    assert summarize([], "builtin")["brier"] is None
+
+
+@pytest.mark.slow
+async def test_a_suite_with_folders_that_cannot_run_and_what_the_investigation_saw(
+    tmp_path: Path,
+) -> None:
+    suite, keep = tmp_path / "suite", tmp_path / "keep"
+    write_scenario(suite, "leak")
+    write_scenario(suite, "no-expected", **{"expected.yaml": None})
+    corrupt = write_scenario(suite, "bad-metrics")
+    (corrupt / "metrics.om.gz").unlink()
+    (corrupt / "metrics.om").write_text("checkout_up{ 1 2\n# EOF\n")
+    (suite / "notes").mkdir()  # no scenario file: not a scenario, not an error
+
+    done = await run_vigil("eval", str(suite), "--format", "json", "--keep", str(keep),
+                           env=vigil_env(), timeout=180)  # fmt: skip
+    assert done.rc == 1, done.err  # a scenario could not run: the suite is not whole
+    summary = json.loads(done.out)
+    by_name = {r["name"]: r for r in summary["results"]}
+    assert list(by_name) == ["bad-metrics", "leak", "no-expected"]
+    assert by_name["no-expected"]["error"] == "no-expected: expected.yaml is missing"
+    assert by_name["bad-metrics"]["error"].startswith("promtool failed (exit 1)")
+    leak = by_name["leak"]
+    assert leak["error"] is None and leak["ranked"][0] == "memory_leak"
+    assert (leak["hit_top1"], leak["hit_top3"], leak["hit_service"]) == (True, True, True)
+    assert 0 < leak["confidence"] <= 1 and leak["tool_calls"] >= 6
+    assert (summary["scenarios"], summary["ran"], summary["top1"]) == (3, 1, 1)
+    assert summary["brier"] == pytest.approx((1 - leak["confidence"]) ** 2, abs=1e-4)
+
+    # What the investigation was told, from the kept read model.
+    now = golden.minute(TRIGGER_MINUTE)
+    with duckdb.connect(str(keep / "leak" / "vigil" / "vigil.duckdb"), read_only=True) as db:
+        rows = db.execute("SELECT tool_name, args, result FROM tool_calls").fetchall()
+        started = db.execute("SELECT reason FROM investigations").fetchall()
+    results = {name: json.loads(result) for name, _, result in rows}
+    assert started == [("scenario leak",)]
+    changes = results["recent_changes"]["changes"]
+    assert [c["ref"] for c in changes] == ["v2"]  # pool=3 came after now
+    firing = {a["name"] for g in results["related_alerts"]["groups"] for a in g["alerts"]}
+    assert firing == {"CheckoutErrors", "PaymentsDown"}  # PaymentsSlow ended; Later not begun
+    assert results["related_alerts"]["at"] == now.isoformat()
+    for name, _, result in rows:
+        if name in ("service_signals", "prometheus_range"):
+            assert json.loads(result)["to"] == now.isoformat()  # never a sample past now
+    (rule,) = [json.loads(r) for n, _, r in rows if n == "prometheus_range"]
+    since = datetime.fromisoformat(rule["series"][0]["since"])  # the errors' first minute
+    assert 0 <= (since - golden.minute(golden.ONSET + 1)).total_seconds() <= rule["step_seconds"]
