@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 
@@ -16,3 +18,11 @@ class WebhookMetrics:
             "Alert events stored; alerts stored before (duplicate) or older than known (stale)",
             ["outcome"], registry=registry,
         )  # fmt: skip
+
+
+@functools.cache
+def webhook_metrics(registry: CollectorRegistry = REGISTRY) -> WebhookMetrics:
+    """The registry's webhook counters, made once: an API started again in the same process
+    (a supervised restart, or `vigil eval`'s one per scenario) counts on, instead of failing
+    to register the same names twice."""
+    return WebhookMetrics(registry)

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import AlertIndex
-from alertmanager.metrics import WebhookMetrics
+from alertmanager.metrics import webhook_metrics
 from alertmanager.receiver import DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_WINDOW
 from api.webhooks import add_webhook_routes
 from eventlog.publisher import EventPublisher
@@ -38,7 +38,7 @@ def create_app(
     app.state.publisher = publisher
     app.state.alert_index = index
     app.state.webhook = webhook
-    app.state.webhook_metrics = WebhookMetrics(registry)
+    app.state.webhook_metrics = webhook_metrics(registry)
     add_webhook_routes(app)
     add_metrics(app, registry)
     return app

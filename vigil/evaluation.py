@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import gzip
 import hashlib
+import logging
 import secrets
 import shutil
 import time
@@ -59,6 +60,7 @@ from vigil.servers import ServerError, backfill, free_port, prometheus, running
 from vigil.settings import Settings
 from vigil.supervisor import RoleFailed
 
+log = logging.getLogger(__name__)
 NAMESPACE = uuid.UUID("1f0c8a52-6a43-4c55-9a57-3c1f3f2c2e51")  # ids of a scenario's events
 EXTERNAL_URL = "http://alertmanager.eval"
 MARGIN_SECONDS = 30.0  # past the investigation's own wall-time limit, the eval gives up
@@ -151,6 +153,9 @@ async def evaluate(
             result = await run_scenario(load_scenario(folder), settings, place)
         except (ScenarioError, ServerError, RoleFailed, EvalFailed) as exc:
             result = ScenarioResult(name=folder.name, error=str(exc))
+        except Exception as exc:  # whatever stopped this one, the others still run
+            log.exception("scenario %s", folder.name)
+            result = ScenarioResult(name=folder.name, error=f"{type(exc).__name__}: {exc}")
         finally:
             if not keep:
                 await asyncio.to_thread(shutil.rmtree, place, True)
@@ -252,12 +257,14 @@ async def _roles() -> AsyncIterator[Callable[[Role], Coroutine[Any, Any, Any]]]:
 
     try:
         yield start
-    finally:
+    except BaseException:
         stop.set()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, Exception)), None)
-        if failed is not None and not isinstance(failed, asyncio.CancelledError):
-            raise RoleFailed(f"a role failed while stopping: {failed}") from failed
+        await asyncio.gather(*tasks, return_exceptions=True)  # what failed is already told
+        raise
+    stop.set()
+    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(outcome, Exception):
+            raise RoleFailed(f"a role failed: {type(outcome).__name__}: {outcome}") from outcome
 
 
 async def _record_changes(js: JetStreamContext, scenario: Scenario) -> None:

@@ -4,18 +4,22 @@ The rules (docs/analyst.md says the same, for users):
 
 A service is *degraded* when, after the onset against before it, its 5xx ratio is at least 1%
 and at least doubled, or its p99 latency rose by half or more (to at least 50 ms), or its
-scrape health (`up`) fell below 0.9.
+scrape health (`up`) fell below 0.9. The *path* is the alerting service, what it calls and
+what those call; a service is *implicated* when degraded or alerting.
 
-- deploy_or_config_change: a change recorded on the alerting service or one it depends on,
-  within 90 minutes before the onset (or 2 after), on a service that is degraded. 0.85 within
-  30 minutes, 0.7 before that; 0.5 when there are no signals to confirm it; minus 0.3 when the
-  service's memory was already climbing before the onset (the change came after the cause).
-  A change on a service that is healthy, or off the alerting service's path, is ruled out.
-- dependency_failure: a service the alerting one depends on is degraded (0.75) or alerting
-  (0.5), with no change of its own to blame; +0.1 for both.
+- deploy_or_config_change: a change recorded on a service of the path, within 90 minutes
+  before the onset (or 2 after), on a service that is degraded. 0.85 within 30 minutes, 0.7
+  before that; 0.5 when there are no signals to confirm it; minus 0.3 when the service's
+  memory was already climbing before the onset (the change came after the cause). A change on
+  a service that is healthy, off the path, or cut off from the alerting service by a healthy
+  service between, is ruled out.
+- dependency_failure: a service of the path below the alerting one is degraded (0.75) or
+  alerting (0.5), at most 0.85 for both; minus 0.3 when a service it calls is implicated too,
+  minus 0.3 when it is asked 1.5 times as much as before (a victim either way). When such a
+  failure shows its own leak, saturation or lost targets, that is a hypothesis 0.05 above it.
 - memory_leak: resident memory rising before the onset by 10% of its level an hour or more,
-  and higher after the onset than before: 0.75, +0.1 with restarts after the onset. Also for
-  a degraded dependency (0.7).
+  and after the onset higher than before or restarted (an out-of-memory kill ends the climb):
+  0.75, +0.1 with restarts after the onset.
 - traffic_surge: requests per second up 1.6 times or more: 0.7, +0.1 if latency or errors rose.
 - resource_saturation: CPU up 1.5 times or more without traffic to explain it (under 1.3
   times), with latency up: 0.65.
@@ -83,11 +87,13 @@ class Health:
 
     @property
     def leaking(self) -> bool:
+        """Memory rising before the onset by 10% of its level an hour or more, and after it
+        still higher, or restarted (an out-of-memory kill ends a leak's climb)."""
         s = self.memory
-        if not s or s.slope is None or s.slope_before is None or not s.before:
+        if not s or s.slope_before is None or not s.before:
             return False
         rising = s.slope_before * 60 / s.before >= 0.10
-        return rising and s.slope > 0 and (s.after or 0) >= s.before * 1.05
+        return rising and ((s.after or 0) >= s.before * 1.05 or self.restarted)
 
     @property
     def restarted(self) -> bool:
@@ -240,25 +246,25 @@ def _dependencies(
             why.append(f"but it is asked {_times(load)} as much as before: its callers' load")
         found.append(Candidate("dependency_failure", dep, score, why, calls))
         if state is not None and state.degraded and not below and (load or 1) < 1.5:
-            found += _mechanisms(dep, state)
+            found += _mechanisms(dep, state, min(score + 0.05, 0.9))
     return found
 
 
-def _mechanisms(dep: str, state: Health) -> list[Candidate]:
+def _mechanisms(dep: str, state: Health, score: float) -> list[Candidate]:
     """Why a failing dependency fails, when its own signals tell: a more specific cause than
-    its failure alone, so it ranks above it."""
+    its failure alone, so it ranks just above it (`score`)."""
     calls = state.calls()
     found = []
     if state.leaking:
-        found.append(Candidate("memory_leak", dep, 0.8, [_leak(dep, state)], calls))
+        found.append(Candidate("memory_leak", dep, score, [_leak(dep, state)], calls))
     cpu = state.cpu.ratio if state.cpu else None
     traffic = state.traffic.ratio if state.traffic else None
     if cpu is not None and cpu >= 1.5 and (traffic or 1) < 1.3 and state.latency_up:
         why = [f"CPU of {dep} {_times(cpu)} with traffic {_times(traffic or 1)}"]
-        found.append(Candidate("resource_saturation", dep, 0.8, why, calls))
+        found.append(Candidate("resource_saturation", dep, score, why, calls))
     if state.down:
         why = [f"scrape health of {dep} fell to {state.up.after:.2f}"]  # type: ignore[union-attr]
-        found.append(Candidate("infrastructure_node", dep, 0.8, why, calls))
+        found.append(Candidate("infrastructure_node", dep, score, why, calls))
     return found
 
 
@@ -379,11 +385,11 @@ def _levels(state: Health) -> str:
 
 def _leak(service: str, state: Health) -> str:
     s = state.memory
-    assert s is not None and s.slope is not None and s.before
-    per_hour = s.slope * 60 / s.before
+    assert s is not None and s.slope_before is not None and s.before
+    per_hour = s.slope_before * 60 / s.before
     extra = ", and it restarted" if state.restarted else ""
     return (
-        f"memory of {service} growing {per_hour:.0%} an hour since before the onset "
+        f"memory of {service} growing {per_hour:.0%} an hour before the onset "
         f"({_mb(s.before)} on average before, {_mb(s.after)} after){extra}"
     )
 
