@@ -28,7 +28,7 @@ import yaml
 if not __package__:  # run as a script: make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.scenarios.sim import (  # noqa: E402
+from tests.scenarios.sim import (
     Instance,
     Rule,
     Service,
