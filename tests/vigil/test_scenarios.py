@@ -6,6 +6,7 @@ folder is refused with one line naming the file and the field."""
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import subprocess
 from datetime import timedelta
@@ -18,7 +19,7 @@ import yaml
 from tests.daemons import binary
 from tests.detector.prometheus_server import PrometheusServer
 from tests.scenarios.generate import generate
-from vigil.scenarios import Scenario, ScenarioError, find_scenarios, load_scenario
+from vigil.scenarios import FILES, Scenario, ScenarioError, find_scenarios, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1] / "scenarios"
 MUST_COVER = {
@@ -196,3 +197,25 @@ def test_an_alert_past_the_window_is_named(folder: Path) -> None:
 def test_a_folder_without_metrics_is_named(folder: Path) -> None:
     (folder / "metrics.om.gz").unlink()
     assert _refused(folder) == f"{folder.name}: no metrics.om or metrics.om.gz"
+
+
+def test_the_documented_example_is_a_scenario_promtool_takes(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scenarios.md").read_text()
+    folder = tmp_path / "payments-pool"
+    folder.mkdir()
+    for name in (*FILES, "metrics.om"):
+        found = re.search(rf"`{re.escape(name)}`[^\n]*\n```[a-z]*\n(.*?)```", doc, re.S)
+        assert found, name
+        (folder / name).write_text(found.group(1))
+    scenario = load_scenario(folder)
+    assert scenario.now == scenario.at(20)
+    assert scenario.changes[1].ref == "db_pool_max_connections=5"
+    assert scenario.expected.root_cause_service == "payments"
+    for t in re.findall(r"\} \S+ (\d+)$", (folder / "metrics.om").read_text(), re.M):
+        assert scenario.at(0).timestamp() <= int(t) <= scenario.at(30).timestamp()
+    done = subprocess.run(
+        [binary("promtool", "prometheus"), "tsdb", "create-blocks-from", "openmetrics",
+         str(folder / "metrics.om"), str(tmp_path / "blocks")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
