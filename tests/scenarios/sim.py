@@ -426,7 +426,7 @@ def error_ratio(
     def holds(sim: Simulation, t: int) -> bool:
         bad = _sum_rates(sim, t, "http_requests_total", service=service, code="5..")
         every = _sum_rates(sim, t, "http_requests_total", service=service)
-        return bad is not None and bool(every) and bad / every > threshold  # type: ignore[operator]
+        return bad is not None and every is not None and every > 0 and bad / every > threshold
 
     summary = f"{service}: more than {threshold:.0%} of requests fail"
     name = f"{_camel(service)}HighErrorRate"

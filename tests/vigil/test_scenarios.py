@@ -9,8 +9,10 @@ import gzip
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -143,9 +145,9 @@ def folder(tmp_path: Path) -> Path:
     return copy
 
 
-def _edit(path: Path, change: object) -> None:
+def _edit(path: Path, change: Callable[[Any], object]) -> None:
     data = yaml.safe_load(path.read_text())
-    change(data)  # type: ignore[operator]
+    change(data)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
