@@ -376,10 +376,10 @@ def checkout_inventory_pages_first() -> Case:
         sim,
         "An analyst's ad-hoc report on the stock table took row locks on postgres: "
         "inventory's queries queued behind them and 5% hit the lock timeout. inventory's "
-        "latency alert paged three minutes before checkout's error alert, so the on-call "
+        "latency alert paged four minutes before checkout's error alert, so the on-call "
         "looked at inventory first; the culprit is postgres underneath it, which has no "
         "alert of its own. No change was made anywhere.",
-        [error_ratio("checkout", 0.05), latency_p99("inventory", 0.5, for_minutes=2)],
+        [error_ratio("checkout", 0.05), latency_p99("inventory", 1.0, for_minutes=5)],
         "dependency_failure",
         "postgres",
         ["resource_saturation"],
