@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -58,11 +59,16 @@ class ScenarioAlert(_Lenient):
     ends_at_minute: float | None = Field(default=None, description="null: still firing")
     expr: str | None = Field(default=None, description="the rule's PromQL")
 
+    @field_validator("labels")
+    @classmethod
+    def _required_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        missing = [k for k in REQUIRED_LABELS if not labels.get(k)]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return labels
+
     @model_validator(mode="after")
     def _check(self) -> ScenarioAlert:
-        missing = [k for k in REQUIRED_LABELS if not self.labels.get(k)]
-        if missing:
-            raise ValueError(f"labels need {', '.join(missing)}")
         if self.ends_at_minute is not None and self.ends_at_minute < self.starts_at_minute:
             raise ValueError("ends_at_minute is before starts_at_minute")
         return self
@@ -190,5 +196,6 @@ def _read(folder: Path, file: str, shape: type[M] | Any, empty: Any = None) -> A
         return TypeAdapter(shape).validate_python(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "the file"
-        raise ScenarioError(f"{folder.name}: {file}: {where}: {error['msg']}") from None
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        raise ScenarioError(f"{folder.name}: {file}{where}: {message}") from None
