@@ -21,9 +21,11 @@ import yaml
 from tests.daemons import binary
 from tests.detector.prometheus_server import PrometheusServer
 from tests.scenarios.generate import generate
+from tests.scenarios_heldout.generate import generate as generate_held_out
 from vigil.scenarios import FILES, Scenario, ScenarioError, find_scenarios, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1] / "scenarios"
+HELD_OUT = ROOT.parent / "scenarios_heldout"  # written by someone who had not read the analyst
 MUST_COVER = {
     "deploy_or_config_change",
     "dependency_failure",
@@ -55,12 +57,18 @@ def test_every_folder_loads_and_the_set_covers_the_categories() -> None:
         assert len(names) == len(set(names)), s.name
 
 
-def test_the_generator_gives_every_folder_back_byte_for_byte(tmp_path: Path) -> None:
-    written = generate(tmp_path)
-    assert sorted(f.name for f in written) == [p.name for p in find_scenarios(ROOT)]
+@pytest.mark.parametrize(
+    ("root", "make"), [(ROOT, generate), (HELD_OUT, generate_held_out)], ids=["suite", "held-out"]
+)
+def test_the_generator_gives_every_folder_back_byte_for_byte(
+    tmp_path: Path, root: Path, make: Callable[[Path], list[Path]]
+) -> None:
+    written = make(tmp_path)
+    assert sorted(f.name for f in written) == [p.name for p in find_scenarios(root)]
     for folder in written:
+        load_scenario(folder)
         for file in sorted(folder.iterdir()):
-            assert file.read_bytes() == (ROOT / folder.name / file.name).read_bytes(), file
+            assert file.read_bytes() == (root / folder.name / file.name).read_bytes(), file
 
 
 def test_the_scenarios_stay_small() -> None:
