@@ -117,6 +117,11 @@ def test_the_demo_leaves_its_incident_for_vigil_sql(told: Told) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,  # passing is news: remove this mark once the analyst's changes are merged
+    reason="the built-in analyst compares 60 s steps around the alert's startsAt: a minute-old "
+    "incident shows no change after the onset (the analyst's branch fixes that)",
+)
 def test_the_demo_report_blames_the_broken_deploy(told: Told) -> None:
     """What the demo is for: the top hypothesis is the deploy of the service it broke. This
     needs the built-in analyst to read minute-old alerts (the onset from the alert's own
