@@ -483,6 +483,7 @@ def demo(
         sock = bind_http(cfg)
         try:
             run(main())
+            teller.plain("demo done: everything it started is stopped")
         except (DemoError, ServerError) as exc:
             raise CliError(str(exc)) from None
         except Interrupted:

@@ -100,14 +100,15 @@ class Teller:
     def say(self, text: str, style: str = "") -> None:
         stamp = f"+{time.monotonic() - self.began:5.1f}s "
         if self.live:
-            self.console.print(f"[dim]{stamp}[/]" + (f"[{style}]" if style else "") + escape(text))
+            styled = f"[dim]{stamp}[/]" + (f"[{style}]" if style else "") + escape(text)
+            self.console.print(styled, highlight=False)
         else:
             print(stamp + text, flush=True)
 
     def plain(self, text: str, style: str = "") -> None:
         """A line without a time stamp (a report's details, the queries)."""
         if self.live:
-            self.console.print((f"[{style}]" if style else "") + escape(text))
+            self.console.print((f"[{style}]" if style else "") + escape(text), highlight=False)
         else:
             print(text, flush=True)
 
@@ -445,7 +446,8 @@ class Demo:
                     f"Alertmanager {self.cfg.alertmanager_url} and Vigil. Ctrl-C stops them all.",
                     "bold",
                 )
-                await self.until(asyncio.Event().wait())  # ends with Interrupted, by Ctrl-C
+                with contextlib.suppress(Interrupted):  # the end asked for, not an interruption
+                    await self.until(asyncio.Event().wait())
         finally:
             traffic_stop.set()
             await traffic
