@@ -320,6 +320,7 @@ class Demo:
     stop: asyncio.Event
     up_roles: Callable[..., list[Any]]
     roles: asyncio.Task[None] | None = None
+    _procs: list[ServerProcess] = field(default_factory=list)  # Prometheus, Alertmanager
 
     async def until(self, waiting: Awaitable[T]) -> T:
         """What `waiting` gives; Interrupted if `stop` is set first, or the roles' error (a
@@ -383,7 +384,8 @@ class Demo:
     def _servers(self, shop: Shop) -> tuple[list[ServerProcess], str, str]:
         """Prometheus and Alertmanager, configured in the data dir, not started yet; their
         URLs. Alertmanager reads the webhook's token from a file written before it starts."""
-        data = self.cfg.data_dir
+        # Absolute: Alertmanager reads a relative credentials_file from its config's folder.
+        data = self.cfg.data_dir.resolve()
         prom_port, am_port = free_port(), free_port()
         (data / "prometheus").mkdir()
         (data / "alertmanager").mkdir()
@@ -402,6 +404,7 @@ class Demo:
             alertmanager(data / "alertmanager" / "alertmanager.yml", data / "alertmanager" / "data",
                          am_port),
         ]  # fmt: skip
+        self._procs = procs
         return procs, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}"
 
     async def _incident(self, nc: NATS, shop: Shop, *, stay: bool) -> None:
@@ -434,9 +437,10 @@ class Demo:
             try:
                 await self.until(asyncio.wait_for(self._told(story), ALERT_WAIT_SECONDS))
             except TimeoutError:
+                said = " | ".join(line for p in self._procs for line in p.log[-2:])
                 raise DemoError(
                     f"no report on {BROKEN[0]} within {ALERT_WAIT_SECONDS:g} s of its deploy "
-                    f"(alerts: {self.cfg.prometheus_url}/alerts)"
+                    f"(alerts: {self.cfg.prometheus_url}/alerts; last logs: {said})"
                 ) from None
             self.teller.waiting(None)
             self.tell_queries()

@@ -39,13 +39,14 @@ class Told:
 
 @pytest.fixture(scope="module")
 def told(tmp_path_factory: pytest.TempPathFactory) -> Told:
-    """One `vigil demo` to its end, its output a pipe (not a terminal), shared by the tests."""
-    data = tmp_path_factory.mktemp("demo") / "data"
+    """One `vigil demo` to its end, its output a pipe (not a terminal), shared by the tests.
+    As `make demo` runs it: no VIGIL_DATA_DIR, so the data dir is ./.vigil, a relative path."""
+    where = tmp_path_factory.mktemp("demo")
     done = subprocess.run(
-        [VIGIL, "demo"], env=vigil_env(data, columns=250), stdin=subprocess.DEVNULL,
+        [VIGIL, "demo"], env=vigil_env(), cwd=where, stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=DEMO_DEADLINE,
     )  # fmt: skip
-    return Told(done.returncode, done.stdout.splitlines(), done.stderr, data)
+    return Told(done.returncode, done.stdout.splitlines(), done.stderr, where / ".vigil")
 
 
 def lines_with(told: Told, *needles: str) -> list[str]:
