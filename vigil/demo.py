@@ -52,7 +52,7 @@ from vigil.app import broker, bus
 from vigil.servers import ServerProcess, alertmanager, free_port, prometheus
 from vigil.settings import Settings
 from vigil.shop import Shop, generate_traffic, running_shop
-from vigil.supervisor import Supervisor
+from vigil.supervisor import Supervisor, run_roles
 
 T = TypeVar("T")
 
@@ -360,8 +360,8 @@ class Demo:
             (cfg.data_dir / "alertmanager" / "vigil-token").write_text(
                 cfg.webhook_token.get_secret_value()
             )
-            # Both at once: each takes a second or two to be ready.
-            await self.until(asyncio.gather(*(p.start() for p in procs)))
+            # Both at once (each takes a second or two to be ready); one failing stops the other.
+            await self.until(run_roles(*(p.start() for p in procs)))
             say(f"servers  Prometheus {prom}, Alertmanager {am}, NATS {url}")
 
             up = asyncio.Event()

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from vigil_cli_support import VIGIL, Watched, children, cmdline, run_vigil, vigil_env
+
+from responder.tools.signals import load_signals
+from vigil.demo import DEMO_DIR, alertmanager_config, prometheus_config
+from vigil.shop import SHOP
 
 DEMO_DEADLINE = 240.0  # seconds; the demo takes about one minute on an idle 2-core machine
 BROKEN = "checkout"
@@ -191,3 +196,39 @@ async def test_the_demo_refuses_a_data_dir_that_is_not_a_demos(tmp_path: Path) -
         "VIGIL_DATA_DIR to another directory"
     )
     assert (data / "nats").is_dir()
+
+
+def test_the_servers_configs_are_valid_to_the_servers_own_checkers(tmp_path: Path) -> None:
+    """The Prometheus config (with the demo's alert rules) and the Alertmanager config the
+    demo writes, checked by promtool and amtool (Debian's, as the demo runs them)."""
+    token = tmp_path / "vigil-token"
+    token.write_text("t")
+    targets = {"frontend": "127.0.0.1:1", "checkout": "127.0.0.1:2"}
+    checks = [
+        ("prometheus.yml", prometheus_config(targets, 3), ["promtool", "check", "config"]),
+        (
+            "alertmanager.yml",
+            alertmanager_config("http://127.0.0.1:4/webhooks/alertmanager", token),
+            ["amtool", "check-config"],
+        ),
+    ]
+    for name, config, argv in checks:
+        (tmp_path / name).write_text(yaml.safe_dump(config))
+        done = subprocess.run(
+            [*argv, str(tmp_path / name)], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    rules = subprocess.run(
+        ["promtool", "check", "rules", str(DEMO_DIR / "alerts.yml")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "SUCCESS: 1 rules found" in rules.stdout, rules.stdout + rules.stderr
+
+
+def test_the_demo_signals_and_topology_load_as_the_tools_read_them() -> None:
+    signals = load_signals(DEMO_DIR / "signals.yaml")
+    assert set(signals) == {"traffic", "errors", "latency_p99", "up"}
+    assert all("[5m]" not in template for template in signals.values())
+    topology = yaml.safe_load((DEMO_DIR / "topology.yaml").read_text())
+    calls = {s["name"]: sorted(s["depends_on"]) for s in topology["services"]}
+    assert calls == {spec.name: sorted(spec.calls) for spec in SHOP}  # the shop as it runs
