@@ -1,7 +1,7 @@
 # The two commands a new user runs on a fresh Debian/Ubuntu machine: `make demo`, `make test`.
 # Each first checks the Debian packages it needs (scripts/system-packages): as root it installs
-# the missing ones, otherwise it stops with one line naming the apt-get command. `make demo`
-# needs only what builds the venv, so the venv's own recipe checks that.
+# the missing ones, otherwise it stops with one line naming the apt-get command. The venv's own
+# recipe checks what builds it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,11 +11,12 @@ SYSTEM_PACKAGES := PYTHON='$(PYTHON)' scripts/system-packages
 # What each target runs that pip does not install, as CHECK=PACKAGE (a command on PATH, or
 # python-venv: $(PYTHON) can make virtualenvs, which Debian's python3 needs python3-venv for).
 VENV_NEEDS := python-venv=python3-venv
-TEST_NEEDS := $(VENV_NEEDS) promtool=prometheus prometheus=prometheus \
-	prometheus-alertmanager=prometheus-alertmanager
+# `make demo` runs a real Prometheus and Alertmanager; the tests run them and promtool.
+DEMO_NEEDS := $(VENV_NEEDS) prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager
+TEST_NEEDS := $(DEMO_NEEDS) promtool=prometheus
 BENCH_NEEDS := $(VENV_NEEDS) wrk=wrk
 
-.PHONY: demo test lint bench clean packages-test packages-bench
+.PHONY: demo test lint bench clean packages-demo packages-test packages-bench
 # Prerequisites in the order written: the packages are checked before the venv is built
 # (also under -j), and two apt-gets never run at once.
 .NOTPARALLEL:
@@ -27,13 +28,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+packages-demo:
+	@$(SYSTEM_PACKAGES) $(DEMO_NEEDS)
+
 packages-test:
 	@$(SYSTEM_PACKAGES) $(TEST_NEEDS)
 
 packages-bench:
 	@$(SYSTEM_PACKAGES) $(BENCH_NEEDS)
 
-demo: $(STAMP)
+demo: packages-demo $(STAMP)
 	$(BIN)/vigil demo
 
 test: packages-test $(STAMP)

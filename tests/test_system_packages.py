@@ -185,8 +185,12 @@ def test_the_real_user_id_decides_by_default() -> None:
     ]
 
 
-def test_make_test_stops_before_the_venv_with_that_line(machine: Machine, tmp_path: Path) -> None:
-    """`make test` checks first: nothing is built or run when a package is missing."""
+@pytest.mark.parametrize("target", ["test", "demo"])
+def test_make_stops_before_the_venv_with_that_line(
+    machine: Machine, tmp_path: Path, target: str
+) -> None:
+    """`make test` and `make demo` check first: nothing is built or run when a package is
+    missing."""
     make = shutil.which("make")
     assert make is not None, "make runs this suite (`make test`; .ci/run installs it)"
     for tool in (make, BASH):
@@ -194,12 +198,12 @@ def test_make_test_stops_before_the_venv_with_that_line(machine: Machine, tmp_pa
     machine.remove("prometheus-alertmanager")
     env = {"PATH": str(machine.bin), "SYSTEM_PACKAGES_UID": "1000", "LANG": "C.UTF-8"}
     done = subprocess.run(
-        [make, "--no-print-directory", "-C", str(ROOT), "test", f"PYTHON={sys.executable}",
+        [make, "--no-print-directory", "-C", str(ROOT), target, f"PYTHON={sys.executable}",
          f"VENV={tmp_path / 'venv'}"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode != 0
-    assert done.stdout == ""  # no venv built, no ruff, no pytest
+    assert done.stdout == ""  # no venv built, nothing run
     assert done.stderr.splitlines()[0] == (
         "missing Debian packages: prometheus-alertmanager; "
         "run: sudo apt-get install prometheus-alertmanager"

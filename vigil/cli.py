@@ -12,9 +12,9 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import duckdb
 import orjson
@@ -28,8 +28,6 @@ from rich.table import Table
 from api.app import add_metrics
 from detector.rules import RulesError, RuleSet, load_rules
 from eventlog.payloads import InvestigationStarted
-from eventlog.projector import Projector
-from eventlog.publisher import EventPublisher
 from eventlog.replay import replay
 from eventlog.sql import QueryResult, SqlError, run_read_only
 from eventlog.sql_service import request_sql
@@ -68,7 +66,6 @@ app = typer.Typer(help="Vigil: incident response from Prometheus alerts, every s
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 Format = Literal["table", "json", "csv"]
-T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -550,45 +547,54 @@ def print_eval(summary: dict[str, Any]) -> None:
 
 
 @app.command()
-def demo() -> None:
-    """Tell one incident as events through the real broker, projector and SQL."""
-    from vigil.demo import DEMO_QUERIES, demo_incident
+def demo(
+    stay: Annotated[
+        bool | None,
+        typer.Option(
+            "--stay/--no-stay",
+            help="after the report, keep everything running until Ctrl-C; "
+            "default: when the output is a terminal",
+        ),
+    ] = None,
+) -> None:
+    """A real incident: the shop, Prometheus, Alertmanager and every role of `vigil up`."""
+    from vigil.demo import Demo, DemoError, Interrupted, Teller, fresh_data_dir
+    from vigil.servers import ServerError, binary
 
-    cfg = settings()
+    cfg = settings().model_copy(update={"http_port": 0})  # a demo takes no fixed port
     usable_dir(cfg.data_dir)
+    try:  # missing Debian packages: one line, before anything starts
+        binary("prometheus", "prometheus")
+        binary("prometheus-alertmanager", "prometheus-alertmanager")
+    except ServerError as exc:
+        raise CliError(str(exc)) from None
+    check_model(cfg)
+    teller = Teller(console, live=console.is_terminal)
 
     async def main() -> None:
-        async with broker(cfg) as (url, _):
-            stop = asyncio.Event()
-            ready: asyncio.Future[Projector] = asyncio.get_running_loop().create_future()
-            roles = asyncio.create_task(run_projector(cfg, url, stop, on_ready=ready.set_result))
-            projector = await until_roles_end(roles, ready)
-            async with bus(cfg, url, "vigil-demo") as nc:
-                story = demo_incident()
-                acks = await EventPublisher(nc.jetstream()).publish_many(story)
-                console.print(f"appended {len(story)} events to VIGIL_EVENTS (NATS {url})")
-                with console.status("projecting into DuckDB"):
-                    await until_roles_end(roles, projector.wait_for(acks[-1].seq))
-                for title, query in DEMO_QUERIES.items():
-                    console.rule(title)
-                    print_result(await sql_via_bus(cfg, query, 100), "table")
-            stop.set()
-            await roles
-        console.print(f'query it yourself: vigil sql "SELECT * FROM incidents" ({cfg.db_path})')
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await Demo(cfg, sock, teller, stop, up_roles).run(
+            stay=console.is_terminal if stay is None else stay
+        )
 
     with holding(cfg.data_dir):
-        run(main())
-
-
-async def until_roles_end(roles: asyncio.Task[None], waiting: Awaitable[T]) -> T:
-    """What `waiting` gives, unless the roles end first: then their error (or a clear one)."""
-    waiter = asyncio.ensure_future(waiting)
-    await asyncio.wait({roles, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if not waiter.done():
-        waiter.cancel()
-        await roles  # raises what stopped them
-        raise CliError("the projector stopped before the demo was done")
-    return waiter.result()
+        try:
+            fresh_data_dir(cfg.data_dir, embedded=not cfg.nats_url)
+        except DemoError as exc:
+            raise CliError(str(exc)) from None
+        sock = bind_http(cfg)
+        try:
+            run(main())
+            teller.plain("demo done: everything it started is stopped")
+        except (DemoError, ServerError) as exc:
+            raise CliError(str(exc)) from None
+        except Interrupted:
+            teller.plain("demo interrupted: everything it started is stopped")
+            raise SystemExit(130) from None
+        finally:
+            sock.close()
+            clear_runtime(cfg.data_dir)
 
 
 def main() -> None:

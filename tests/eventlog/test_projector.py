@@ -40,6 +40,7 @@ from eventlog.sql_service import request_sql
 from eventlog.store import ProjectionStore
 from eventlog.stream import DEAD_LETTER_STREAM, EVENTS_STREAM
 from tests.eventlog.projecting import fired, projecting, rows
+from tests.eventlog.resolved_incident import resolved_incident
 from tests.eventlog.samples import T0, concluded, event, steps
 from vigil.broker import EmbeddedNats
 from vigil.runtime import read_runtime
@@ -297,10 +298,8 @@ async def test_kill_9_at_any_moment_then_restart_gives_exact_counts(
 
 
 async def test_replay_rebuilds_the_same_rows(js: JetStreamContext, tmp_path: Path) -> None:
-    from vigil.demo import demo_incident
-
     publisher = EventPublisher(js)
-    await publisher.publish_many(demo_incident())
+    await publisher.publish_many(resolved_incident())
     await publisher.publish_many([fired("a", 0, "inc-9"), fired("b", 1, "inc-9")])
     await js.publish("vigil.evt.inc-9.AgentStep", b"garbage")
     acks = await publisher.publish_many(steps(500, incident="inc-9"))
@@ -313,7 +312,7 @@ async def test_replay_rebuilds_the_same_rows(js: JetStreamContext, tmp_path: Pat
     for table in READ_MODEL_TABLES:
         query = f"SELECT * FROM {table} ORDER BY ALL"
         assert rows(rebuilt, query) == rows(live, query), table
-    # the demo's investigation, and inc-9's steps of an attempt never seen starting
+    # the resolved incident's investigation, and inc-9's steps of an attempt never seen starting
     assert rows(rebuilt, "SELECT status, model_requests FROM investigations ORDER BY 1") == [
         ("concluded", 2),
         ("running", 500),

@@ -40,8 +40,8 @@ from eventlog.payloads import AnomalyDetected, RootCauseConcluded, ToolCompleted
 from eventlog.publisher import EventPublisher
 from eventlog.store import ProjectionStore
 from eventlog.stream import EVENTS_STREAM, connect
+from tests.eventlog.resolved_incident import resolved_incident
 from vigil.broker import EmbeddedNats
-from vigil.demo import demo_incident
 from vigil.runtime import read_runtime
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -49,8 +49,8 @@ COUNT_EVENTS = "SELECT count(*) AS n FROM events"
 
 
 def story() -> list[Event]:
-    """The demo incident (resolved) and two more alerts, each its own open incident."""
-    events = demo_incident(T0)
+    """A resolved incident (every kind of event) and two more alerts, each its own open incident."""
+    events = resolved_incident(T0)
     for i in range(2):
         alert = AnomalyDetected(
             origin="alertmanager",
@@ -168,7 +168,7 @@ async def test_up_prints_where_it_is_and_sql_goes_through_it(
     done = await run_vigil(
         "sql",
         # the story's, not what the responder and the workers added (the workers also ran
-        # the demo's recorded tool requests, as they run any request appended)
+        # the resolved incident's recorded tool requests, as they run any request appended)
         "SELECT type, count(*) AS n FROM events WHERE id::VARCHAR IN "
         f"({', '.join(repr(str(e.id)) for e in events)}) GROUP BY type ORDER BY type",
         "--format",
@@ -187,9 +187,9 @@ async def test_up_prints_where_it_is_and_sql_goes_through_it(
     table = done.out
     for column in ("incident_id", "status", "resolution"):
         assert column in table.splitlines()[1], table
-    demo_id = events[1].incident_id
-    assert demo_id.startswith("demo-")
-    assert [demo_id, "resolved", "remediation"] == _table_row(table, demo_id)
+    resolved_id = events[1].incident_id
+    assert resolved_id.startswith("sample-")
+    assert [resolved_id, "resolved", "remediation"] == _table_row(table, resolved_id)
     assert _table_row(table, "disk-0") == ["disk-0", "diagnosed", ""]  # investigated
     assert _table_row(table, "disk-1") == ["disk-1", "diagnosed", ""]
 
@@ -465,8 +465,8 @@ async def test_replay_rebuilds_the_file_from_the_stream(
     n = settled.events
     assert len(before["events"]) == n and len(before["incidents"]) == 3
     assert len(before["saga_steps"]) == 1
-    assert len(before["investigations"]) == 3  # the demo's, and the responder's two
-    assert len(before["tool_calls"]) == 3 + 2 * 5  # the demo's, and five of each of those
+    assert len(before["investigations"]) == 3  # the resolved incident's, and the responder's two
+    assert len(before["tool_calls"]) == 3 + 2 * 5  # the resolved incident's, and five of each
 
     # Damage the read model, so only a rebuild from the stream can bring it back.
     con = duckdb.connect(str(db))
@@ -501,34 +501,6 @@ async def test_replay_with_the_embedded_broker(vigil_up: StartUp, tmp_path: Path
     done = await run_vigil("replay", env=vigil_env(data))
     assert done.rc == 0, done
     assert snapshot(db) == before
-
-
-# -- 7. demo ---------------------------------------------------------------------------------
-
-
-async def test_demo(tmp_path: Path) -> None:
-    env = vigil_env(columns=200)  # the default data dir: ./.vigil in the working directory
-    done = await run_vigil("demo", env=env, cwd=tmp_path)
-    assert done.rc == 0, done
-    assert "appended 20 events to VIGIL_EVENTS (NATS nats://127.0.0.1:" in done.out
-    assert "rollback_deployment" in done.out
-    incident_row = next(line for line in done.out.splitlines() if "CheckoutLatencyHigh" in line)
-    assert "resolved" in incident_row and "remediation" in incident_row
-    assert "deploy_or_config_change" in incident_row and "0.86" in incident_row
-    assert "deploy v2.14.0 of checkout raised its p99" in done.out  # the investigation's summary
-    assert (tmp_path / ".vigil" / "vigil.duckdb").exists()
-    assert not (tmp_path / ".vigil" / "runtime.json").exists()
-    # what the demo left behind is a normal read model
-    done = await run_vigil(
-        "sql", "SELECT status FROM incidents", "-f", "json", env=env, cwd=tmp_path
-    )
-    assert json.loads(done.out) == [{"status": "resolved"}]
-    sql = "SELECT model, investigations, top_categories FROM investigation_outcomes"
-    done = await run_vigil("sql", sql, "-f", "csv", env=env, cwd=tmp_path)
-    assert list(csv.reader(io.StringIO(done.out))) == [
-        ["model", "investigations", "top_categories"],
-        ["builtin", "1", '{"deploy_or_config_change":1}'],  # a map as JSON, not Python's repr
-    ]
 
 
 async def test_up_stops_with_one_line_when_its_projector_cannot_start(tmp_path: Path) -> None:
