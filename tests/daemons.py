@@ -5,28 +5,24 @@ loopback ports, ready when their log says so, stopped at teardown, and asked by 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
 import subprocess
 import threading
 
+from vigil import servers
 from vigil.broker import die_with_parent
+from vigil.servers import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["Daemon", "binary", "free_port"]
 
 
 def binary(name: str, package: str) -> str:
-    found = shutil.which(name)
-    if not found:
+    try:
+        return servers.binary(name, package)
+    except servers.ServerError:
         raise RuntimeError(
             f"{name} not found: run `make test` (as root it installs the Debian packages), "
             f"or: sudo apt-get install {package}"
-        )
-    return found
+        ) from None
 
 
 class Daemon:

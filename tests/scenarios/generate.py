@@ -162,7 +162,7 @@ def _sim(name: str, start: str, services: list[str]) -> Simulation:
     return Simulation(name, when, DURATION, [CATALOG[s] for s in services])
 
 
-def _deploy(minute: int, service: str, version: str, description: str) -> dict[str, Any]:
+def deploy_change(minute: int, service: str, version: str, description: str) -> dict[str, Any]:
     return {
         "at_minute": minute,
         "service": service,
@@ -172,7 +172,7 @@ def _deploy(minute: int, service: str, version: str, description: str) -> dict[s
     }
 
 
-def _setting(
+def setting_change(
     minute: int, service: str, kind: str, key: str, value: Any, description: str
 ) -> dict[str, Any]:
     return {
@@ -207,8 +207,8 @@ def checkout_bad_deploy() -> Case:
         "checkout",
         ["error_rate_regression"],
         [
-            _deploy(81, "recommendations", "v3.8.1", "recommendations: new carousel layout"),
-            _deploy(84, "checkout", "v2.14.0", "checkout: cart serializer rewrite"),
+            deploy_change(81, "recommendations", "v3.8.1", "recommendations: new carousel layout"),
+            deploy_change(84, "checkout", "v2.14.0", "checkout: cart serializer rewrite"),
         ],
     )
 
@@ -244,7 +244,7 @@ def checkout_orders_db_slow() -> Case:
         "dependency_failure",
         "orders-db",
         ["resource_saturation"],
-        [_deploy(75, "payments", "v1.9.3", "payments: bump HTTP client library")],
+        [deploy_change(75, "payments", "v1.9.3", "payments: bump HTTP client library")],
     )
 
 
@@ -275,7 +275,7 @@ def checkout_memory_leak() -> Case:
         "memory_leak",
         "checkout",
         ["infrastructure_node", "resource_saturation"],
-        [_deploy(82, "frontend", "v5.2.0", "frontend: new product page images")],
+        [deploy_change(82, "frontend", "v5.2.0", "frontend: new product page images")],
     )
 
 
@@ -306,7 +306,7 @@ def checkout_node_failure() -> Case:
         "checkout",
         ["resource_saturation"],
         [
-            _setting(
+            setting_change(
                 80,
                 "inventory",
                 "config",
@@ -347,8 +347,8 @@ def frontend_latency_payments_deploy() -> Case:
         "payments",
         ["dependency_failure"],
         [
-            _deploy(30, "catalog", "v2.2.0", "catalog: faceted filters"),
-            _deploy(88, "payments", "v4.7.0", "payments: fraud scoring before capture"),
+            deploy_change(30, "catalog", "v2.2.0", "catalog: faceted filters"),
+            deploy_change(88, "payments", "v4.7.0", "payments: fraud scoring before capture"),
         ],
     )
 
@@ -437,7 +437,7 @@ def search_reindex_cpu() -> Case:
         "resource_saturation",
         "search",
         [],
-        [_deploy(84, "checkout", "v2.16.1", "checkout: address autocomplete")],
+        [deploy_change(84, "checkout", "v2.16.1", "checkout: address autocomplete")],
     )
 
 
@@ -464,7 +464,7 @@ def payments_pool_config() -> Case:
         "payments",
         ["resource_saturation", "error_rate_regression"],
         [
-            _setting(
+            setting_change(
                 83,
                 "recommendations",
                 "feature_flag",
@@ -472,7 +472,7 @@ def payments_pool_config() -> Case:
                 True,
                 "recommendations: new ranking model on for all users",
             ),
-            _setting(
+            setting_change(
                 86,
                 "payments",
                 "config",
@@ -573,7 +573,7 @@ def checkout_latency_unknown() -> Case:
         "unknown",
         None,
         [],
-        [_deploy(25, "catalog", "v2.3.1", "catalog: fix price rounding")],
+        [deploy_change(25, "catalog", "v2.3.1", "catalog: fix price rounding")],
     )
 
 
@@ -599,7 +599,7 @@ def checkout_deploy_latency() -> Case:
         "deploy_or_config_change",
         "checkout",
         [],
-        [_deploy(90, "checkout", "v2.15.0", "checkout: ORM upgrade")],
+        [deploy_change(90, "checkout", "v2.15.0", "checkout: ORM upgrade")],
     )
 
 
@@ -630,7 +630,7 @@ def checkout_flag_hammers_redis() -> Case:
         "checkout",
         ["dependency_failure", "resource_saturation"],
         [
-            _setting(
+            setting_change(
                 81,
                 "checkout",
                 "feature_flag",

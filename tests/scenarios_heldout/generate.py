@@ -22,12 +22,11 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 if not __package__:  # run as a script: make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.scenarios.generate import Case, files
+from tests.scenarios.generate import Case, deploy_change, files, setting_change
 from tests.scenarios.sim import (
     Service,
     Simulation,
@@ -239,29 +238,6 @@ def _sim(name: str, start: str, duration: int, services: list[str], **instances:
     return Simulation(name, when, duration, chosen)
 
 
-def _deploy(minute: int, service: str, version: str, description: str) -> dict[str, Any]:
-    return {
-        "at_minute": minute,
-        "service": service,
-        "kind": "deploy",
-        "description": description,
-        "version": version,
-    }
-
-
-def _setting(
-    minute: int, service: str, kind: str, key: str, value: Any, description: str
-) -> dict[str, Any]:
-    return {
-        "at_minute": minute,
-        "service": service,
-        "kind": kind,
-        "description": description,
-        "key": key,
-        "value": value,
-    }
-
-
 # --- the scenarios -----------------------------------------------------------------------
 
 
@@ -299,8 +275,8 @@ def orders_latency_stock_mysql_config() -> Case:
         "stock-mysql",
         ["dependency_failure", "resource_saturation"],
         [
-            _deploy(10, "orders", "v7.12.0", "orders: gift wrap option at checkout"),
-            _setting(
+            deploy_change(10, "orders", "v7.12.0", "orders: gift wrap option at checkout"),
+            setting_change(
                 31,
                 "stock-mysql",
                 "config",
@@ -308,7 +284,7 @@ def orders_latency_stock_mysql_config() -> Case:
                 0.5,
                 "stock-mysql: slow query log threshold 2s -> 0.5s",
             ),
-            _setting(
+            setting_change(
                 79,
                 "stock-mysql",
                 "config",
@@ -346,7 +322,7 @@ def profile_memory_creep() -> Case:
         "memory_leak",
         "profile",
         ["resource_saturation"],
-        [_deploy(72, "avatars", "v2.4.0", "avatars: serve WebP thumbnails")],
+        [deploy_change(72, "avatars", "v2.4.0", "avatars: serve WebP thumbnails")],
     )
 
 
@@ -383,7 +359,7 @@ def orders_errors_mysql_replica_down() -> Case:
         "infrastructure_node",
         "stock-mysql",
         ["dependency_failure"],
-        [_deploy(24, "stock", "v3.1.4", "stock: warehouse codes in the API")],
+        [deploy_change(24, "stock", "v3.1.4", "stock: warehouse codes in the API")],
     )
 
 
@@ -486,7 +462,7 @@ def accounts_errors_kyc_vendor() -> Case:
         "accounts",
         ["dependency_failure", "unknown"],
         [
-            _setting(
+            setting_change(
                 86,
                 "search-api",
                 "feature_flag",
@@ -523,7 +499,7 @@ def mobile_bff_sessions_redis_errors() -> Case:
         "dependency_failure",
         "sessions-redis",
         ["error_rate_regression"],
-        [_deploy(36, "mobile-bff", "v9.0.2", "mobile-bff: onboarding screens v2")],
+        [deploy_change(36, "mobile-bff", "v9.0.2", "mobile-bff: onboarding screens v2")],
     )
 
 
@@ -553,7 +529,7 @@ def feed_errors_latency_unknown() -> Case:
         None,
         ["error_rate_regression"],
         [
-            _setting(
+            setting_change(
                 48,
                 "sessions-redis",
                 "config",
