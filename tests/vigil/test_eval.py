@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pytest
 import yaml
 from vigil_cli_support import run_vigil, vigil_env
 
 from tests.detector.prometheus_server import openmetrics
 from tests.responder import golden
+from tests.responder.chat_server import ChatServer, tool_calls, tool_messages
 from vigil.evaluation import ScenarioResult, summarize
 
 ERRORS = ('sum(rate(http_requests_total{service="checkout",code=~"5.."}[5m])) / '
@@ -146,3 +148,53 @@ async def test_the_built_in_analyst_meets_the_target_on_the_scenarios() -> None:
     assert summary["top1"] >= math.ceil(n * 10 / 12), misses
     assert summary["top3"] >= n - 1, misses
     assert summary["brier"] < 0.25  # better than always answering 0.5
+
+
+def _blame_the_change(body: dict[str, Any]) -> dict[str, Any]:
+    """An LLM's second answer: it reads the changes it was sent and blames the first."""
+    told = orjson.loads(tool_messages(body)["call_changes"])
+    change = told["changes"][0]
+    report = {
+        "summary": f"{change['ref']} of {change['service']} broke it",
+        "hypotheses": [
+            {"category": "deploy_or_config_change", "service": change["service"],
+             "confidence": 0.8, "explanation": f"{change['ref']} shortly before",
+             "evidence": ["call_changes"]}],
+        "ruled_out": [], "gaps": [],
+    }  # fmt: skip
+    return tool_calls(("call_final", "final_result", report))
+
+
+@pytest.mark.slow
+async def test_the_same_suite_judges_an_llm(tmp_path: Path) -> None:
+    """--model: an OpenAI-compatible model on loopback (the provider is the one service faked)
+    investigates the scenario; it is told only what happened before the trigger."""
+    write_scenario(
+        tmp_path,
+        "deploy",
+        **{
+            "expected.yaml": {
+                "root_cause_category": "deploy_or_config_change",
+                "root_cause_service": "checkout",
+            }
+        },
+    )
+    ask = tool_calls(("call_changes", "recent_changes", {"hours": 3}))  # fmt: skip
+    chat = ChatServer([lambda body: ask, _blame_the_change])
+    async with chat.running():
+        env = vigil_env(model_base_url=chat.url, model_api_key="sk-test")
+        done = await run_vigil("eval", str(tmp_path / "deploy"), "--format", "json",
+                               "--model", "openai:gpt-4o-mini", env=env, timeout=120)  # fmt: skip
+    assert done.rc == 0, done.err
+    summary = json.loads(done.out)
+    (result,) = summary["results"]
+    assert summary["model"] == "openai:gpt-4o-mini" and len(chat.requests) == 2
+    assert result["ranked"] == ["deploy_or_config_change"] and result["hit_top1"]
+    assert result["summary"] == "v2 of checkout broke it"  # pool=3 came after now: not told
+    assert summary["brier"] == pytest.approx(0.04)  # (0.8 - 1)^2
+
+
+async def test_a_model_string_pydantic_ai_does_not_know_is_one_line(tmp_path: Path) -> None:
+    write_scenario(tmp_path, "leak")
+    done = await run_vigil("eval", str(tmp_path), "--model", "nonsense:model", env=vigil_env())
+    assert done.rc == 2 and len(done.err_lines) == 1 and "nonsense" in done.err, done.err
