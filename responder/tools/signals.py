@@ -28,8 +28,10 @@ MAX_POINTS = 1000  # per signal: the step grows with the window
 # name -> (PromQL template, unit)
 DEFAULT_SIGNALS: dict[str, tuple[str, str]] = {
     "traffic": ('sum(rate(http_requests_total{service="{service}"}[5m]))', "requests/s"),
+    # `or vector(0)`: a service that never answered 5xx has no such series, and the ratio
+    # would be no data instead of 0 (its healthy past would look empty).
     "errors": (
-        'sum(rate(http_requests_total{service="{service}",code=~"5.."}[5m])) / '
+        '(sum(rate(http_requests_total{service="{service}",code=~"5.."}[5m])) or vector(0)) / '
         'sum(rate(http_requests_total{service="{service}"}[5m]))',
         "ratio of requests answered 5xx",
     ),

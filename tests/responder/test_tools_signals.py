@@ -92,7 +92,10 @@ async def test_a_hostile_service_label_is_only_ever_a_label_value(
     """The name matches exactly its own series (1 request/s), no other and no vector(1)."""
     told = await signals(nc, golden_prometheus, service)
     assert told["traffic"]["after"]["mean"] == 1.0 and told["traffic"]["before"]["max"] == 1.0
-    assert all(told[s].get("no_data") for s in ("errors", "cpu", "memory", "restarts", "up"))
+    assert all(told[s].get("no_data") for s in ("cpu", "memory", "restarts", "up"))
+    # It never answered a 5xx: its error ratio is 0 all along, not "no data".
+    errors = told["errors"]
+    assert errors["before"]["max"] == errors["after"]["max"] == 0.0 and errors["change"] == 0.0
     assert told["traffic"]["query"] == render(
         'sum(rate(http_requests_total{service="{service}"}[5m]))', service
     )
