@@ -467,7 +467,11 @@ def eval_cmd(
     cfg = settings()
     if model:
         cfg = cfg.model_copy(update={"model": model})
-    check_model(cfg)
+    try:
+        check_model(cfg)
+    except CliError as exc:  # the setting's name is not what the user typed
+        said = str(exc).replace("VIGIL_MODEL=", "--model ") if model else str(exc)
+        raise CliError(said) from None
     try:
         folders = find_scenarios(path)
     except ScenarioError as exc:
