@@ -9,6 +9,7 @@ import getpass
 import io
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import typer
 from fastapi import FastAPI
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -479,8 +481,18 @@ def eval_cmd(
 
     if keep is not None:
         usable_dir(keep, "--keep folder", "name a writable folder")
+        kept = [f.name for f in folders if (keep / f.name).exists()]
+        if kept:  # its stream and read model would answer for this run
+            raise CliError(
+                f"--keep {keep} holds {kept[0]} from an earlier run: remove it, or keep "
+                "this run elsewhere"
+            )
 
     async def main() -> dict[str, Any]:
+        # SIGTERM ends the run as Ctrl-C does: every server stopped, the temporary dir gone.
+        here = asyncio.current_task()
+        assert here is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, here.cancel)
         with (
             tempfile.TemporaryDirectory(prefix="vigil-eval-") as temp,
             _progress(len(folders)) as (on_start, on_done),
@@ -491,7 +503,10 @@ def eval_cmd(
             )  # fmt: skip
         return summarize(results, cfg.model)
 
-    summary = run(main())
+    try:
+        summary = run(main())
+    except asyncio.CancelledError:
+        raise SystemExit(128 + signal.SIGTERM) from None
     if fmt == "json":
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -511,7 +526,7 @@ def _progress(total: int) -> Iterator[tuple[Callable[[str], None], Callable[[Any
         task = progress.add_task("scenarios", total=total)
 
         def on_start(name: str) -> None:
-            progress.update(task, description=f"scenario {name}")
+            progress.update(task, description=f"scenario {escape(name)}")
 
         def on_done(result: Any) -> None:
             progress.advance(task)
@@ -527,7 +542,7 @@ def print_eval(summary: dict[str, Any]) -> None:
                   "seconds")  # fmt: skip
     for r in summary["results"]:
         if r["error"]:
-            table.add_row(r["name"], "", "", "", "error", "", "", "")
+            table.add_row(escape(r["name"]), "", "", "", "error", "", "", "")
             continue
         hit = "top-1" if r["hit_top1"] else ("top-3" if r["hit_top3"] else "miss")
         confidence = "" if r["confidence"] is None else f"{r['confidence']:.2f}"
@@ -535,9 +550,11 @@ def print_eval(summary: dict[str, Any]) -> None:
             f"{r['expected']} ({r['expected_service']})" if r["expected_service"] else r["expected"]
         )
         top1 = f"{r['ranked'][0]} ({r['top_service']})" if r["ranked"] else "none"
-        table.add_row(r["name"], expected, top1, ", ".join(r["ranked"][:3]), hit, confidence,
-                      str(r["tool_calls"]), f"{r['seconds']:.1f}")  # fmt: skip
-    console.print(table)
+        table.add_row(escape(r["name"]), escape(expected), escape(top1),
+                      ", ".join(r["ranked"][:3]), hit, confidence, str(r["tool_calls"]),
+                      f"{r['seconds']:.1f}")  # fmt: skip
+    # Into a pipe or a file, rich would cut every cell to 80 columns: give the table room.
+    (console if console.is_terminal else Console(width=200)).print(table)
     n = summary["scenarios"]
     brier = "n/a" if summary["brier"] is None else f"{summary['brier']:.3f}"
     console.print(

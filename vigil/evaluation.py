@@ -55,7 +55,13 @@ from vigil.app import (
     run_responder_role,
     run_worker_role,
 )
-from vigil.scenarios import Scenario, ScenarioAlert, ScenarioError, load_scenario
+from vigil.scenarios import (
+    Scenario,
+    ScenarioAlert,
+    ScenarioError,
+    check_metrics,
+    load_scenario,
+)
 from vigil.servers import ServerError, backfill, free_port, prometheus, running
 from vigil.settings import Settings
 from vigil.supervisor import RoleFailed
@@ -171,8 +177,11 @@ class EvalFailed(RuntimeError):
 async def run_scenario(scenario: Scenario, base: Settings, work: Path) -> ScenarioResult:
     """Replay one scenario in a world of its own under `work` (see the module's docstring)."""
     await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
-    metrics = await asyncio.to_thread(_plain_metrics, scenario.metrics, work)
-    await backfill(metrics, work / "prometheus")
+    metrics = await asyncio.to_thread(_plain_metrics, scenario, work)
+    try:
+        await backfill(metrics, work / "prometheus")
+    except ServerError as exc:
+        raise ScenarioError(f"{scenario.name}: {scenario.metrics.name}: {exc}") from None
     config = work / "prometheus.yml"
     await asyncio.to_thread(config.write_text, "global:\n  evaluation_interval: 1m\n")
     port = free_port()
@@ -195,14 +204,20 @@ async def run_scenario(scenario: Scenario, base: Settings, work: Path) -> Scenar
         return await _investigate(scenario, cfg, token)
 
 
-def _plain_metrics(source: Path, work: Path) -> Path:
-    """promtool reads plain OpenMetrics: a .gz file is unpacked into `work` first."""
-    if source.suffix != ".gz":
-        return source
-    target = work / "metrics.om"
-    with gzip.open(source, "rb") as packed, target.open("wb") as plain:
-        shutil.copyfileobj(packed, plain)
-    return target
+def _plain_metrics(scenario: Scenario, work: Path) -> Path:
+    """The metrics as plain OpenMetrics, which promtool reads (a .gz file is unpacked into
+    `work` first), every sample checked to lie inside the window."""
+    source = plain = scenario.metrics
+    if source.suffix == ".gz":
+        plain = work / "metrics.om"
+        try:
+            with gzip.open(source, "rb") as packed, plain.open("wb") as unpacked:
+                shutil.copyfileobj(packed, unpacked)
+        except (OSError, EOFError) as exc:  # not gzip (BadGzipFile is an OSError), or cut
+            why = f"{scenario.name}: {source.name}: not a whole gzip file: {exc}"
+            raise ScenarioError(why) from None
+    check_metrics(scenario, plain)
+    return plain
 
 
 async def _investigate(scenario: Scenario, cfg: Settings, token: str) -> ScenarioResult:
@@ -304,9 +319,11 @@ async def _deliver_alerts(webhook: str, token: str, scenario: Scenario, prom: st
         for body in posts:
             answer = await client.post(webhook, json=body, headers=headers)
             if answer.status_code != 200:
+                name = body["alerts"][0]["labels"]["alertname"]
+                name = name if len(name) <= 80 else name[:80] + "…"
                 raise EvalFailed(
                     f"{scenario.name}: the webhook answered {answer.status_code} for "
-                    f"{body['alerts'][0]['labels']['alertname']}: {answer.text[:200]}"
+                    f"{name}: {answer.text[:300]}"
                 )
 
 

@@ -47,7 +47,7 @@ class _Lenient(BaseModel):
 class ScenarioMeta(_Lenient):
     name: str = Field(min_length=1)
     start: AwareDatetime = Field(description="the window's start (RFC 3339, UTC)")
-    duration_minutes: float = Field(gt=0, le=7 * 24 * 60)
+    duration_minutes: float = Field(gt=0, le=7 * 24 * 60, allow_inf_nan=False)
 
 
 class ScenarioAlert(_Lenient):
@@ -55,8 +55,10 @@ class ScenarioAlert(_Lenient):
 
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    starts_at_minute: float = Field(ge=0)
-    ends_at_minute: float | None = Field(default=None, description="null: still firing")
+    starts_at_minute: float = Field(ge=0, allow_inf_nan=False)
+    ends_at_minute: float | None = Field(
+        default=None, allow_inf_nan=False, description="null: still firing"
+    )
     expr: str | None = Field(default=None, description="the rule's PromQL")
 
     @field_validator("labels")
@@ -75,7 +77,7 @@ class ScenarioAlert(_Lenient):
 
 
 class ScenarioChange(_Lenient):
-    at_minute: float = Field(ge=0)
+    at_minute: float = Field(ge=0, allow_inf_nan=False)
     service: str = Field(min_length=1)
     kind: Literal["deploy", "config", "feature_flag"]
     description: str = ""
@@ -159,15 +161,57 @@ def load_scenario(folder: Path) -> Scenario:
     changes = _read(folder, "changes.yaml", list[ScenarioChange], empty=[])
     _read(folder, "topology.yaml", Topology)
     expected = _read(folder, "expected.yaml", Expected)
-    metrics = next((folder / m for m in METRICS if (folder / m).is_file()), None)
-    if metrics is None:
-        raise ScenarioError(f"{folder.name}: no metrics.om or metrics.om.gz")
+    present = [folder / m for m in METRICS if (folder / m).exists()]
+    if len(present) != 1 or not present[0].is_file():
+        what = "both metrics.om and metrics.om.gz" if len(present) > 1 else None
+        what = what or (f"{present[0].name} is not a file" if present else None)
+        raise ScenarioError(f"{folder.name}: {what or 'no metrics.om or metrics.om.gz'}")
+    metrics = present[0]
     scenario = Scenario(folder, meta, alerts, changes, folder / "topology.yaml", expected, metrics)
+    ends = scenario.at(meta.duration_minutes)
+    if ends > datetime.now(UTC):
+        raise ScenarioError(
+            f"{folder.name}: scenario.yaml.start: the window ends at {ends.isoformat()}, in "
+            "the future; a scenario replays what has happened"
+        )
     for i, alert in enumerate(alerts):
         _within(scenario, f"alerts.yaml[{i}]", alert.starts_at_minute, alert.ends_at_minute)
     for i, change in enumerate(changes):
         _within(scenario, f"changes.yaml[{i}]", change.at_minute)
     return scenario
+
+
+def check_metrics(scenario: Scenario, plain: Path) -> int:
+    """The samples of the scenario's metrics (`plain`: its OpenMetrics text, unpacked), each
+    checked to lie inside the window; ScenarioError naming the first that does not, or saying
+    there are none. Timestamps are seconds (a millisecond one lies far outside)."""
+    start = scenario.meta.start.timestamp()
+    end = start + scenario.meta.duration_minutes * 60
+    file = scenario.metrics.name
+    samples = 0
+    with plain.open("rb") as text:
+        for number, raw in enumerate(text, 1):
+            line = raw.split(b" # ", 1)[0].strip()  # without an exemplar
+            if not line or line.startswith(b"#"):
+                continue
+            parts = line.rsplit(b" ", 2)
+            try:
+                at = float(parts[-1]) if len(parts) == 3 and b"}" not in parts[-1] else None
+            except ValueError:
+                at = None
+            if at is None:
+                raise ScenarioError(
+                    f"{scenario.name}: {file}: line {number} has no timestamp (seconds)"
+                )
+            if not start <= at <= end:
+                raise ScenarioError(
+                    f"{scenario.name}: {file}: line {number}: timestamp {at:g} is outside the "
+                    f"window ({start:g} to {end:g}, seconds)"
+                )
+            samples += 1
+    if samples == 0:
+        raise ScenarioError(f"{scenario.name}: {file}: no samples")
+    return samples
 
 
 def _within(scenario: Scenario, where: str, *minutes: float | None) -> None:
@@ -181,6 +225,8 @@ def _within(scenario: Scenario, where: str, *minutes: float | None) -> None:
 
 def _read(folder: Path, file: str, shape: type[M] | Any, empty: Any = None) -> Any:
     path = folder / file
+    if path.exists() and not path.is_file():
+        raise ScenarioError(f"{folder.name}: {file} is not a file")
     if not path.is_file():
         if empty is not None:
             return empty

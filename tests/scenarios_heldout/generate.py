@@ -299,7 +299,7 @@ def orders_latency_stock_mysql_config() -> Case:
 def profile_memory_creep() -> Case:
     sim = _sim(
         "profile-memory-creep",
-        "2026-12-01T19:05",
+        "2025-12-01T19:05",
         120,
         ["mobile-bff", "profile", "sessions-redis", "avatars", "feed"],
     )
@@ -408,7 +408,7 @@ def pricing_retry_storm() -> Case:
 def invoice_worker_batch_cpu() -> Case:
     sim = _sim(
         "invoice-worker-batch-cpu",
-        "2026-12-31T22:30",
+        "2025-12-31T22:30",
         120,
         ["invoice-worker", "invoices-db", "orders", "notifications", "api-gateway"],
     )

@@ -3,9 +3,11 @@ is named and the rest go on; the investigation sees nothing past the trigger's s
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import math
+import signal
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import duckdb
 import orjson
 import pytest
 import yaml
-from vigil_cli_support import run_vigil, vigil_env
+from vigil_cli_support import VIGIL, ProcInfo, children, proc_info, run_vigil, vigil_env
 
 from tests.detector.prometheus_server import openmetrics
 from tests.responder import golden
@@ -93,8 +95,10 @@ async def test_a_suite_with_folders_that_cannot_run_and_what_the_investigation_s
     write_scenario(suite, "leak")
     write_scenario(suite, "no-expected", **{"expected.yaml": None})
     corrupt = write_scenario(suite, "bad-metrics")
-    (corrupt / "metrics.om.gz").unlink()
-    (corrupt / "metrics.om").write_text("checkout_up{ 1 2\n# EOF\n")
+    (corrupt / "metrics.om.gz").unlink()  # inside the window, but not OpenMetrics
+    (corrupt / "metrics.om").write_text(f"checkout_up{{ 1 {golden.T0 + 60}\n# EOF\n")
+    not_gzip = write_scenario(suite, "not-gzip")
+    (not_gzip / "metrics.om.gz").write_text(openmetrics(golden.series()))
     (suite / "notes").mkdir()  # no scenario file: not a scenario, not an error
 
     done = await run_vigil("eval", str(suite), "--format", "json", "--keep", str(keep),
@@ -102,14 +106,17 @@ async def test_a_suite_with_folders_that_cannot_run_and_what_the_investigation_s
     assert done.rc == 1, done.err  # a scenario could not run: the suite is not whole
     summary = json.loads(done.out)
     by_name = {r["name"]: r for r in summary["results"]}
-    assert list(by_name) == ["bad-metrics", "leak", "no-expected"]
+    assert list(by_name) == ["bad-metrics", "leak", "no-expected", "not-gzip"]
     assert by_name["no-expected"]["error"] == "no-expected: expected.yaml is missing"
-    assert by_name["bad-metrics"]["error"].startswith("promtool failed (exit 1)")
+    bad = by_name["bad-metrics"]["error"]
+    assert bad.startswith("bad-metrics: metrics.om: promtool failed (exit 1): "), bad
+    assert by_name["not-gzip"]["error"].startswith("not-gzip: metrics.om.gz: not a whole gzip")
+    assert "Traceback" not in done.err
     leak = by_name["leak"]
     assert leak["error"] is None and leak["ranked"][0] == "memory_leak"
     assert (leak["hit_top1"], leak["hit_top3"], leak["hit_service"]) == (True, True, True)
     assert 0 < leak["confidence"] <= 1 and leak["tool_calls"] >= 6
-    assert (summary["scenarios"], summary["ran"], summary["top1"]) == (3, 1, 1)
+    assert (summary["scenarios"], summary["ran"], summary["top1"]) == (4, 1, 1)
     assert summary["brier"] == pytest.approx((1 - leak["confidence"]) ** 2, abs=1e-4)
 
     # What the investigation was told, from the kept read model.
@@ -128,6 +135,12 @@ async def test_a_suite_with_folders_that_cannot_run_and_what_the_investigation_s
         if name in ("service_signals", "prometheus_range"):
             assert json.loads(result)["to"] == now.isoformat()  # never a sample past now
     (rule,) = [json.loads(r) for n, _, r in rows if n == "prometheus_range"]
+    # Run again into the same --keep: its old stream would answer, so it is refused.
+    again = await run_vigil("eval", str(suite / "leak"), "--keep", str(keep), env=vigil_env())
+    assert again.rc == 2 and again.err_lines == [
+        f"vigil: --keep {keep} holds leak from an earlier run: remove it, or keep this run "
+        "elsewhere"
+    ]
     since = datetime.fromisoformat(rule["series"][0]["since"])  # the errors' first minute
     assert 0 <= (since - golden.minute(golden.ONSET + 1)).total_seconds() <= rule["step_seconds"]
 
@@ -199,3 +212,38 @@ async def test_a_model_string_pydantic_ai_does_not_know_is_one_line(tmp_path: Pa
     done = await run_vigil("eval", str(tmp_path), "--model", "nonsense:model", env=vigil_env())
     assert done.rc == 2 and len(done.err_lines) == 1, done.err
     assert done.err.startswith("vigil: --model 'nonsense:model': "), done.err
+
+
+async def _servers_of(pid: int) -> list[ProcInfo]:
+    """The Prometheus and nats-server children of `pid` once both run (no event tells when a
+    child starts: /proc is looked at until it shows them)."""
+    async with asyncio.timeout(60):
+        while True:
+            found = [c for c in children(pid) if c.comm in ("prometheus", "nats-server")]
+            if len(found) == 2:
+                return found
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.slow
+async def test_sigterm_stops_every_server_and_leaves_no_temporary_data(tmp_path: Path) -> None:
+    suite = Path(__file__).parents[1] / "scenarios"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = vigil_env() | {"TMPDIR": str(temp)}
+    proc = await asyncio.create_subprocess_exec(
+        VIGIL, "eval", str(suite), env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    first = await asyncio.wait_for(proc.stderr.readline(), 120)  # one scenario done
+    assert first.decode().startswith("checkout-bad-deploy: "), first
+    servers = await _servers_of(proc.pid)  # the next scenario's, mid-run
+    assert list(temp.glob("vigil-eval-*"))
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not list(temp.glob("vigil-eval-*"))
+    for server in servers:  # gone, or at most a zombie no one reaped yet
+        info = proc_info(server.pid)
+        assert info is None or info.start_time != server.start_time or info.state == "Z"

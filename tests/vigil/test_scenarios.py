@@ -22,7 +22,14 @@ from tests.daemons import binary
 from tests.detector.prometheus_server import PrometheusServer
 from tests.scenarios.generate import generate
 from tests.scenarios_heldout.generate import generate as generate_held_out
-from vigil.scenarios import FILES, Scenario, ScenarioError, find_scenarios, load_scenario
+from vigil.scenarios import (
+    FILES,
+    Scenario,
+    ScenarioError,
+    check_metrics,
+    find_scenarios,
+    load_scenario,
+)
 
 ROOT = Path(__file__).resolve().parents[1] / "scenarios"
 HELD_OUT = ROOT.parent / "scenarios_heldout"  # written by someone who had not read the analyst
@@ -207,6 +214,55 @@ def test_an_alert_past_the_window_is_named(folder: Path) -> None:
 def test_a_folder_without_metrics_is_named(folder: Path) -> None:
     (folder / "metrics.om.gz").unlink()
     assert _refused(folder) == f"{folder.name}: no metrics.om or metrics.om.gz"
+
+
+def test_a_window_that_ends_in_the_future_is_named(folder: Path) -> None:
+    _edit(folder / "scenario.yaml", lambda d: d.update(start="2099-01-01T00:00:00Z"))
+    message = _refused(folder)
+    assert message.startswith(f"{folder.name}: scenario.yaml.start: the window ends at 2099-")
+
+
+def test_a_minute_that_is_not_a_number_and_a_file_that_is_a_folder_are_named(
+    folder: Path,
+) -> None:
+    _edit(folder / "alerts.yaml", lambda alerts: alerts[1].update(ends_at_minute=float("nan")))
+    message = _refused(folder)
+    assert message.startswith(f"{folder.name}: alerts.yaml[1].ends_at_minute: "), message
+    _edit(folder / "alerts.yaml", lambda alerts: alerts[1].update(ends_at_minute=None))
+    (folder / "changes.yaml").unlink()
+    (folder / "changes.yaml").mkdir()
+    assert _refused(folder) == f"{folder.name}: changes.yaml is not a file"
+    (folder / "changes.yaml").rmdir()
+    (folder / "metrics.om").mkdir()
+    assert _refused(folder) == f"{folder.name}: both metrics.om and metrics.om.gz"
+
+
+def _metrics_refused(folder: Path, text: str) -> str:
+    (folder / "metrics.om.gz").unlink(missing_ok=True)
+    (folder / "metrics.om").write_text(text)
+    scenario = load_scenario(folder)
+    with pytest.raises(ScenarioError) as caught:
+        check_metrics(scenario, scenario.metrics)
+    return str(caught.value)
+
+
+def test_samples_outside_the_window_or_none_at_all_are_named(folder: Path) -> None:
+    start = load_scenario(folder).meta.start.timestamp()
+    inside = f'up{{service="a"}} 1 {start + 60:.0f}\n'
+    assert check_metrics(load_scenario(folder), _plain(folder, inside + "# EOF\n")) == 1
+    millis = f'up{{service="a"}} 1 {(start + 60) * 1000:.0f}\n'
+    message = _metrics_refused(folder, inside + millis + "# EOF\n")
+    assert message.startswith(f"{folder.name}: metrics.om: line 2: timestamp "), message
+    assert "is outside the window" in message
+    assert _metrics_refused(folder, "# EOF\n") == f"{folder.name}: metrics.om: no samples"
+    message = _metrics_refused(folder, 'up{service="a"} 1\n# EOF\n')
+    assert message == f"{folder.name}: metrics.om: line 1 has no timestamp (seconds)"
+
+
+def _plain(folder: Path, text: str) -> Path:
+    path = folder.parent / "plain.om"
+    path.write_text(text)
+    return path
 
 
 def test_the_documented_example_is_a_scenario_promtool_takes(tmp_path: Path) -> None:
