@@ -1,0 +1,211 @@
+"""The action catalog (VIGIL_ACTIONS, sample: deploy/actions.yaml): the only things Vigil can
+ever do to a system.
+
+Each action has a name, a description, a JSON Schema of its parameters, a risk (`low`,
+`medium`, `high`), an executor (`http`, `command` or `noop`), a compensation (another action
+of the catalog, with parameters made from the first step's parameters and output, or
+`irreversible`) and a scope: the services it may touch, named by one of its parameters
+(`target`) and allowed by a regular expression, or only the incident's own service.
+
+Templates (`{service}`, `{params.version}`, `{output.previous}`) name values only: no
+attribute access, no format specs, nothing evaluated. A catalog that is wrong is refused as a
+whole when it is loaded, with one line naming the action and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from responder.tools.config_file import load_config_file
+
+Risk = Literal["low", "medium", "high"]
+RISKS: tuple[Risk, ...] = ("low", "medium", "high")
+TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
+ACTION_NAME = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+class TemplateError(ValueError):
+    """A template names a value that is not there."""
+
+
+def render(template: str, values: dict[str, Any], *, quote: Any = None) -> Any:
+    """`template` with each `{name}` or `{section.name}` replaced by its value in `values`.
+    A template that is one placeholder alone gives the value itself (a number stays a number);
+    otherwise values are put in as text, each through `quote` when given (a URL's)."""
+    whole = TEMPLATE.fullmatch(template)
+    if whole:
+        return _lookup(values, whole.group(1))
+
+    def one(match: re.Match[str]) -> str:
+        text = str(_lookup(values, match.group(1)))
+        return quote(text) if quote else text
+
+    return TEMPLATE.sub(one, template)
+
+
+def render_all(templates: Any, values: dict[str, Any]) -> Any:
+    """Every string inside a JSON-like structure rendered."""
+    if isinstance(templates, str):
+        return render(templates, values)
+    if isinstance(templates, dict):
+        return {k: render_all(v, values) for k, v in templates.items()}
+    if isinstance(templates, list):
+        return [render_all(v, values) for v in templates]
+    return templates
+
+
+def _lookup(values: dict[str, Any], path: str) -> Any:
+    found: Any = values
+    for part in path.split("."):
+        if not isinstance(found, dict) or part not in found:
+            raise TemplateError(f"{{{path}}} names nothing")
+        found = found[part]
+    return found
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)  # a misspelt key is not ignored
+
+
+class HttpExecutor(_Strict):
+    """A JSON request. The step's idempotency key goes in `Idempotency-Key`; `outcome_url`
+    (a GET, templated with `{key}` too) says what became of a key, after a crash."""
+
+    kind: Literal["http"]
+    method: Literal["POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: str = Field(pattern=r"^https?://")
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    success_status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204])
+    outcome_url: str | None = Field(default=None, pattern=r"^https?://")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+
+class CommandExecutor(_Strict):
+    """A program run with arguments, never through a shell. `rerun_safe`: running it twice is
+    the same as once, so after a crash it may run again."""
+
+    kind: Literal["command"]
+    program: str = Field(pattern=r"^/", description="an absolute path: nothing looked up")
+    args: list[str] = Field(default_factory=list)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    rerun_safe: bool
+
+
+class NoopExecutor(_Strict):
+    """Records what it would do: a dry run, or a demo."""
+
+    kind: Literal["noop"]
+
+
+Executor = Annotated[HttpExecutor | CommandExecutor | NoopExecutor, Field(discriminator="kind")]
+
+
+class Compensation(_Strict):
+    """The action that undoes a step, its parameters made from the step's own (`{params.x}`)
+    and what the step answered (`{output.y}`)."""
+
+    action: str = Field(pattern=ACTION_NAME)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Scope(_Strict):
+    """Which services an action may touch: the value of its `target` parameter must match
+    `services` (a regular expression, whole), or be the incident's own service."""
+
+    target: str = "service"
+    services: str | None = None
+    incident_service_only: bool = False
+
+    @field_validator("services")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Scope:
+        if (self.services is None) == (not self.incident_service_only):
+            raise ValueError("give services (a pattern) or incident_service_only: true")
+        return self
+
+    def allows(self, service: str, incident_service: str | None) -> bool:
+        if self.incident_service_only:
+            return incident_service is not None and service == incident_service
+        assert self.services is not None
+        return re.fullmatch(self.services, service) is not None
+
+
+class Action(_Strict):
+    name: str = Field(pattern=ACTION_NAME)
+    description: str = Field(min_length=1)
+    params: dict[str, Any] = Field(description="a JSON Schema of type object")
+    risk: Risk
+    executor: Executor
+    compensation: Compensation | Literal["irreversible"]
+    scope: Scope
+
+    @field_validator("params")
+    @classmethod
+    def _a_schema_of_an_object(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise ValueError(f"not a JSON Schema: {exc.message}") from None
+        if schema.get("type") != "object":
+            raise ValueError('the schema must be of type "object"')
+        return schema
+
+    @model_validator(mode="after")
+    def _target_is_a_parameter(self) -> Action:
+        if self.scope.target not in self.params.get("properties", {}):
+            raise ValueError(f"scope.target {self.scope.target!r} is not one of its params")
+        if self.scope.target not in self.params.get("required", []):
+            raise ValueError(f"scope.target {self.scope.target!r} must be a required param")
+        return self
+
+    def check_params(self, params: dict[str, Any]) -> str | None:
+        """Why `params` do not fit the schema (the first reason), or None."""
+        errors = sorted(
+            Draft202012Validator(self.params).iter_errors(params), key=lambda e: list(e.path)
+        )
+        if not errors:
+            return None
+        where = ".".join(str(p) for p in errors[0].absolute_path)
+        return f"{where + ': ' if where else ''}{errors[0].message}"
+
+
+class Catalog(_Strict):
+    actions: list[Action]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Catalog:
+        names = [a.name for a in self.actions]
+        twice = {n for n in names if names.count(n) > 1}
+        if twice:
+            raise ValueError(f"action {sorted(twice)[0]!r} is listed twice")
+        for action in self.actions:
+            undo = action.compensation
+            if isinstance(undo, Compensation) and undo.action not in names:
+                raise ValueError(
+                    f"{action.name}: its compensation {undo.action!r} is not in the catalog"
+                )
+        return self
+
+    def get(self, name: str) -> Action | None:
+        return next((a for a in self.actions if a.name == name), None)
+
+
+def load_catalog(path: Path) -> Catalog:
+    """The catalog VIGIL_ACTIONS names; ConfigFileError naming the key that is wrong."""
+    return load_config_file(path, Catalog, "VIGIL_ACTIONS")
+
+
+__all__ = ["RISKS", "Action", "Catalog", "Risk", "TemplateError", "load_catalog", "render"]

@@ -1,0 +1,59 @@
+"""The check every proposed plan passes before anything else: each step an action of the
+catalog, its parameters valid by the action's schema, its target inside the action's scope,
+its compensation the catalog's. Nothing a model writes or an alert carries can widen that:
+the plan is only ever the catalog's actions with parameters the catalog allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eventlog.payloads.remediation import RemediationAction
+from responder.saga.catalog import RISKS, Catalog, Compensation, Risk
+
+
+class PlanRefused(ValueError):
+    """The plan names something outside the catalog or its scope; the message says what."""
+
+
+@dataclass(frozen=True)
+class CheckedPlan:
+    steps: list[RemediationAction]  # each with the catalog's compensation (None: irreversible)
+    risk: Risk  # the highest of its steps
+    targets: list[str]  # the service each step touches
+
+
+def check_plan(
+    catalog: Catalog, steps: list[RemediationAction], *, incident_service: str | None
+) -> CheckedPlan:
+    """The plan as the catalog allows it, or PlanRefused with the first step's reason."""
+    if not steps:
+        raise PlanRefused("the plan has no steps")
+    checked, risks, targets = [], [], []
+    for i, step in enumerate(steps):
+        where = f"step {i} ({step.action!r})"
+        action = catalog.get(step.action)
+        if action is None:
+            raise PlanRefused(f"{where}: no such action in the catalog")
+        wrong = action.check_params(step.params)
+        if wrong is not None:
+            raise PlanRefused(f"{where}: params: {wrong}")
+        target = step.params[action.scope.target]
+        if not isinstance(target, str) or not action.scope.allows(target, incident_service):
+            scope = (
+                f"the incident's service ({incident_service})"
+                if action.scope.incident_service_only
+                else f"services matching {action.scope.services!r}"
+            )
+            raise PlanRefused(f"{where}: {action.scope.target}={target!r} is outside {scope}")
+        undo = action.compensation
+        compensation = undo.action if isinstance(undo, Compensation) else None
+        if step.compensation is not None and step.compensation != compensation:
+            raise PlanRefused(
+                f"{where}: its compensation is {compensation or 'irreversible'} by the catalog, "
+                f"not {step.compensation!r}"
+            )
+        checked.append(step.model_copy(update={"compensation": compensation}))
+        risks.append(action.risk)
+        targets.append(target)
+    return CheckedPlan(checked, max(risks, key=RISKS.index), targets)
