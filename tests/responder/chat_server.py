@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from tests.loopback import serving
 
 Answer = Callable[[dict[str, Any]], Response | dict[str, Any]]
 
@@ -95,21 +95,6 @@ class ChatServer:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ChatServer]:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app, log_level="warning", lifespan="off")
-        server = uvicorn.Server(config)
-        config.load()
-        server.lifespan = config.lifespan_class(config)  # what serve() does before startup()
-        await server.startup(sockets=[sock])  # listening once it returns
-        task = asyncio.create_task(server.main_loop())
-        try:
-            self.url = f"http://127.0.0.1:{port}/v1"
+        async with serving(self._app) as url:
+            self.url = f"{url}/v1"
             yield self
-        finally:
-            server.should_exit = True
-            server.force_exit = True
-            await task
-            await server.shutdown(sockets=[sock])
-            sock.close()
