@@ -23,6 +23,7 @@ from eventlog.payloads.investigation import (
     ToolRequested,
 )
 from eventlog.payloads.remediation import (
+    CompensationEscalated,
     CompensationFailed,
     CompensationStarted,
     CompensationSucceeded,
@@ -62,6 +63,7 @@ PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     CompensationStarted,
     CompensationSucceeded,
     CompensationFailed,
+    CompensationEscalated,
     VerificationPassed,
     VerificationFailed,
     SagaCompleted,
@@ -80,6 +82,7 @@ __all__ = [
     "AnomalyResolved",
     "AnomalyWithdrawn",
     "ChangeRecorded",
+    "CompensationEscalated",
     "CompensationFailed",
     "CompensationStarted",
     "CompensationSucceeded",

@@ -77,6 +77,13 @@ class CompensationFailed(SagaStep):
     error: str
 
 
+class CompensationEscalated(SagaStep):
+    """A compensation failed every try: a human must undo the step (the notifier says so)."""
+
+    attempts: int = Field(ge=1)
+    error: str
+
+
 class VerificationPassed(Payload):
     saga_id: str = Field(min_length=1)
     check: str
