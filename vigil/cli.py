@@ -29,7 +29,7 @@ from rich.table import Table
 
 from api.app import add_metrics
 from detector.rules import RulesError, RuleSet, load_rules
-from eventlog.payloads import InvestigationStarted
+from eventlog.payloads import InvestigationStarted, RemediationAction
 from eventlog.replay import replay
 from eventlog.sql import QueryResult, SqlError, run_read_only
 from eventlog.sql_service import request_sql
@@ -247,6 +247,57 @@ def investigate(
 
     started = run(main())
     console.print(f"incident {incident_id}: attempt {started.attempt} asked for by {by}")
+
+
+@app.command()
+def propose(
+    incident_id: Annotated[str, typer.Argument(help="the incident to remediate")],
+    action: Annotated[str, typer.Argument(help="an action of the catalog (VIGIL_ACTIONS)")],
+    param: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE, a parameter of the action (a string)")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="why (recorded)")] = "",
+    by: Annotated[str | None, typer.Option(help="who proposes (recorded); default: you")] = None,
+) -> None:
+    """Propose a one-step remediation plan; refused (and recorded so) outside the catalog."""
+    from responder.saga.catalog import load_catalog
+    from responder.saga.policy import load_policy
+    from responder.saga.proposals import propose as record_proposal
+    from responder.tools.config_file import ConfigFileError
+
+    cfg = settings()
+    if cfg.actions is None:
+        raise CliError("no action catalog: set VIGIL_ACTIONS (sample: deploy/actions.yaml)")
+    params: dict[str, Any] = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--param {item!r}: write KEY=VALUE")
+        params[key] = value
+    try:
+        catalog, policy = load_catalog(cfg.actions), load_policy(cfg.policy)
+    except ConfigFileError as exc:
+        raise CliError(str(exc)) from None
+    by = by or _user()
+    step = RemediationAction(action=action, params=params)
+
+    async def main() -> Any:
+        nc = await connect(nats_url_of(cfg), name="vigil-propose")
+        try:
+            return await record_proposal(
+                nc.jetstream(), incident_id, [step], catalog=catalog, policy=policy, by=by,
+                rationale=reason,
+            )  # fmt: skip
+        except NoSuchIncident as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            await nc.close()
+
+    proposal = run(main())
+    if proposal.refused is not None:
+        raise CliError(f"refused: {proposal.refused.reason} (recorded as {proposal.saga_id})")
+    mode = proposal.accepted.mode
+    console.print(f"incident {incident_id}: {proposal.saga_id} proposed ({mode})", markup=False)
 
 
 def _user() -> str:

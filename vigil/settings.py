@@ -75,6 +75,16 @@ class Settings(BaseSettings):
         description="PromQL templates of the golden signals, overriding or adding to the "
         "built-in ones (sample: deploy/signals.yaml); for the tool service_signals",
     )
+    actions: Path | None = Field(
+        default=None,
+        description="the action catalog: the only things remediation can do (sample: "
+        "deploy/actions.yaml)",
+    )
+    policy: Path | None = Field(
+        default=None,
+        description="the remediation policy: auto, approval or dry_run per service and risk "
+        "(sample: deploy/policy.yaml); unset, every plan waits for approval",
+    )
     tool_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated Python modules, each with TOOLS = [Tool(...)]: tools of "
@@ -119,7 +129,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server.strip()!r} is not a URL like nats://host:4222")
         return value
 
-    @field_validator("rules", "topology", "signals", mode="before")
+    @field_validator("rules", "topology", "signals", "actions", "policy", mode="before")
     @classmethod
     def _blank_file_is_unset(cls, value: object) -> object:
         # `VIGIL_RULES=` would otherwise be Path("."), a directory, not "no rules file".

@@ -19,8 +19,13 @@ class PlanRefused(ValueError):
 @dataclass(frozen=True)
 class CheckedPlan:
     steps: list[RemediationAction]  # each with the catalog's compensation (None: irreversible)
-    risk: Risk  # the highest of its steps
+    risks: list[Risk]  # each step's
     targets: list[str]  # the service each step touches
+
+    @property
+    def risk(self) -> Risk:
+        """The highest of its steps'."""
+        return max(self.risks, key=RISKS.index)
 
 
 def check_plan(
@@ -56,4 +61,4 @@ def check_plan(
         checked.append(step.model_copy(update={"compensation": compensation}))
         risks.append(action.risk)
         targets.append(target)
-    return CheckedPlan(checked, max(risks, key=RISKS.index), targets)
+    return CheckedPlan(checked, risks, targets)
