@@ -17,7 +17,7 @@ from __future__ import annotations
 import gzip
 import io
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -778,10 +778,10 @@ def files(case: Case) -> dict[str, bytes]:
     }
 
 
-def generate(out: Path) -> list[Path]:
-    """Write every scenario folder under `out`; the folders written."""
+def write_cases(makers: Sequence[Callable[[], Case]], out: Path) -> list[Path]:
+    """Write the scenario folder of each maker under `out`; the folders written."""
     written = []
-    for make in SCENARIOS:
+    for make in makers:
         case = make()
         folder = out / case.sim.name
         folder.mkdir(parents=True, exist_ok=True)
@@ -791,9 +791,17 @@ def generate(out: Path) -> list[Path]:
     return written
 
 
-def main(argv: list[str]) -> None:
-    out = Path(argv[0]) if argv else HERE
-    for folder in generate(out):
+def generate(out: Path) -> list[Path]:
+    """Write every scenario folder under `out`; the folders written."""
+    return write_cases(SCENARIOS, out)
+
+
+def main(
+    argv: list[str], makers: Sequence[Callable[[], Case]] = SCENARIOS, home: Path = HERE
+) -> None:
+    """Write `makers`' folders into the folder given, else `home`, and name each."""
+    out = Path(argv[0]) if argv else home
+    for folder in write_cases(makers, out):
         print(folder)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 if not __package__:  # run as a script: make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.scenarios.generate import Case, deploy_change, files, setting_change
+from tests.scenarios.generate import Case, deploy_change, main, setting_change, write_cases
 from tests.scenarios.sim import (
     Service,
     Simulation,
@@ -558,22 +558,8 @@ SCENARIOS: tuple[Callable[[], Case], ...] = (
 
 def generate(out: Path) -> list[Path]:
     """Write every scenario folder under `out`; the folders written."""
-    written = []
-    for make in SCENARIOS:
-        case = make()
-        folder = out / case.sim.name
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in files(case).items():
-            (folder / name).write_bytes(data)
-        written.append(folder)
-    return written
-
-
-def main(argv: list[str]) -> None:
-    out = Path(argv[0]) if argv else HERE
-    for folder in generate(out):
-        print(folder)
+    return write_cases(SCENARIOS, out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(sys.argv[1:], SCENARIOS, HERE)
