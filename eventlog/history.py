@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -30,9 +31,14 @@ class StoredEvent:
 
 
 async def read_events(
-    js: JetStreamContext, subjects: list[str], *, stream: str = EVENTS_STREAM
+    js: JetStreamContext,
+    subjects: list[str],
+    *,
+    stream: str = EVENTS_STREAM,
+    since: datetime | None = None,
 ) -> list[StoredEvent]:
-    """Every event on `subjects` (filters, wildcards allowed) in stream order, as of now.
+    """Every event on `subjects` (filters, wildcards allowed) in stream order, as of now;
+    with `since`, those the stream stored from then on (its own clock, not `occurred_at`).
 
     A message that is not a valid event is skipped with a warning (the projector dead-letters
     it). Raises what nats-py raises when the server does not answer (its timeouts).
@@ -42,7 +48,8 @@ async def read_events(
         ConsumerConfig(
             filter_subjects=subjects,
             ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
+            opt_start_time=since,
             inactive_threshold=60.0,  # removed by the server if we die while reading
             mem_storage=True,
         ),

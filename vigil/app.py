@@ -32,6 +32,7 @@ from eventlog.store import ProjectionStore
 from eventlog.stream import connect, ensure_streams
 from responder.progress import Limits
 from responder.tools import ToolModuleError, ToolRegistry, ToolSettings, load_tools
+from responder.tools.config_file import ConfigFileError
 from responder.worker import run_workers
 from vigil.broker import EmbeddedNats, die_with_parent
 from vigil.http_protocol import BoundedHeadersProtocol
@@ -41,6 +42,9 @@ from vigil.supervisor import RoleFailed
 
 if TYPE_CHECKING:  # pydantic-ai takes a second to import: `vigil sql` never needs it
     from pydantic_ai.models import Model
+
+    from responder.saga.catalog import Catalog
+    from responder.saga.policy import Policy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -390,6 +394,36 @@ async def run_responder_role(
             ),
             on_ready,
         )
+
+
+async def run_saga_role(
+    settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
+) -> None:
+    """The saga orchestrator: remediation plans run, verified, compensated."""
+    from responder.saga.orchestrator import Orchestrator, run_orchestrator
+    from responder.saga.pause import control_bucket
+
+    catalog, policy = remediation_config(settings)
+    async with bus(settings, url, "vigil-saga") as nc:
+        js = nc.jetstream()
+        orchestrator = Orchestrator(
+            js, catalog, policy, prometheus_url=settings.prometheus_url,
+            control=await control_bucket(js, replicas=settings.stream_replicas),
+        )  # fmt: skip
+        await _when_ready(lambda ready: run_orchestrator(orchestrator, stop, ready=ready), on_ready)
+
+
+def remediation_config(settings: Settings) -> tuple[Catalog, Policy]:
+    """The catalog and the policy; RoleFailed (one line) when either is missing or wrong."""
+    from responder.saga.catalog import load_catalog
+    from responder.saga.policy import load_policy
+
+    if settings.actions is None:
+        raise RoleFailed("no action catalog: set VIGIL_ACTIONS (sample: deploy/actions.yaml)")
+    try:
+        return load_catalog(settings.actions), load_policy(settings.policy)
+    except ConfigFileError as exc:
+        raise RoleFailed(str(exc)) from None
 
 
 async def _when_ready(

@@ -45,12 +45,14 @@ from vigil.app import (
     broker,
     bus,
     investigation_model,
+    remediation_config,
     run,
     run_api,
     run_detector_role,
     run_projector,
     run_projector_process,
     run_responder_role,
+    run_saga_role,
     run_worker_role,
     serve_http,
     stop_on_signals,
@@ -105,6 +107,8 @@ def up() -> None:
     usable_dir(cfg.data_dir)
     rules = detector_rules(cfg) if cfg.prometheus_url else None
     check_model(cfg)
+    if cfg.actions is not None:
+        remediation_config(cfg)  # a wrong catalog or policy: one line before anything starts
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -122,6 +126,8 @@ def up() -> None:
                 else:
                     model = "Model  none: VIGIL_RESPONDER_ENABLED=false, no investigations"
                 console.print(model, markup=False, emoji=False)
+                if cfg.actions is not None:
+                    console.print(f"Sagas  actions {cfg.actions}, policy {cfg.policy or 'default'}")
                 if cfg.webhook_token is None:
                     err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
                 if rules:
@@ -163,6 +169,8 @@ def up_roles(
             Role("worker", lambda ready: run_worker_role(cfg, url, stop, on_ready=ready)),
             Role("responder", lambda ready: run_responder_role(cfg, url, stop, on_ready=ready)),
         ]
+    if cfg.actions is not None:
+        roles.append(Role("saga", lambda ready: run_saga_role(cfg, url, stop, on_ready=ready)))
     if rules:
         roles.append(
             Role("detector", lambda ready: run_detector_role(cfg, url, rules, stop, on_ready=ready))
@@ -260,24 +268,16 @@ def propose(
     by: Annotated[str | None, typer.Option(help="who proposes (recorded); default: you")] = None,
 ) -> None:
     """Propose a one-step remediation plan; refused (and recorded so) outside the catalog."""
-    from responder.saga.catalog import load_catalog
-    from responder.saga.policy import load_policy
     from responder.saga.proposals import propose as record_proposal
-    from responder.tools.config_file import ConfigFileError
 
     cfg = settings()
-    if cfg.actions is None:
-        raise CliError("no action catalog: set VIGIL_ACTIONS (sample: deploy/actions.yaml)")
+    catalog, policy = remediation_config(cfg)
     params: dict[str, Any] = {}
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliError(f"--param {item!r}: write KEY=VALUE")
         params[key] = value
-    try:
-        catalog, policy = load_catalog(cfg.actions), load_policy(cfg.policy)
-    except ConfigFileError as exc:
-        raise CliError(str(exc)) from None
     by = by or _user()
     step = RemediationAction(action=action, params=params)
 
@@ -298,6 +298,115 @@ def propose(
         raise CliError(f"refused: {proposal.refused.reason} (recorded as {proposal.saga_id})")
     mode = proposal.accepted.mode
     console.print(f"incident {incident_id}: {proposal.saga_id} proposed ({mode})", markup=False)
+
+
+@app.command()
+def saga() -> None:
+    """Run the saga orchestrator alone against VIGIL_NATS_URL (it runs remediation plans)."""
+    cfg = settings()
+    if not cfg.nats_url:
+        raise CliError("VIGIL_NATS_URL is required: the orchestrator joins an existing NATS")
+    catalog, _ = remediation_config(cfg)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        assert cfg.nats_url
+        n, where = len(catalog.actions), cfg.prometheus_url or "no Prometheus: alerts only"
+        await run_saga_role(
+            cfg, cfg.nats_url, stop,
+            on_ready=lambda: console.print(f"orchestrating: {n} actions; verifying by {where}"),
+        )  # fmt: skip
+
+    run(main())
+
+
+def _decide(
+    incident_id: str, approve: bool, by: str | None, reason: str, saga_id: str | None
+) -> None:
+    from responder.saga.proposals import NotAwaitingApproval, decide
+
+    cfg = settings()
+    who = by or _user()
+
+    async def main() -> Any:
+        nc = await connect(nats_url_of(cfg), name="vigil-decide")
+        try:
+            return await decide(nc.jetstream(), incident_id, approve=approve, by=who,
+                                reason=reason, saga_id=saga_id)  # fmt: skip
+        except (NoSuchIncident, NotAwaitingApproval) as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            await nc.close()
+
+    decided = run(main())
+    verb = "approved" if approve else "rejected"
+    console.print(f"incident {incident_id}: {decided.saga_id} {verb} by {who}", markup=False)
+
+
+SagaOption = Annotated[
+    str | None, typer.Option("--saga", help="the plan, when several await approval")
+]
+ByOption = Annotated[str | None, typer.Option(help="who decides (recorded); default: you")]
+
+
+@app.command()
+def approve(
+    incident_id: Annotated[str, typer.Argument(help="the incident whose plan awaits approval")],
+    comment: Annotated[str, typer.Option(help="recorded with the approval")] = "",
+    by: ByOption = None,
+    saga_id: SagaOption = None,
+) -> None:
+    """Approve the remediation plan that awaits approval; the orchestrator runs it."""
+    _decide(incident_id, True, by, comment, saga_id)
+
+
+@app.command()
+def reject(
+    incident_id: Annotated[str, typer.Argument(help="the incident whose plan awaits approval")],
+    reason: Annotated[str, typer.Option(help="why (recorded)")] = "",
+    by: ByOption = None,
+    saga_id: SagaOption = None,
+) -> None:
+    """Reject the remediation plan that awaits approval: it never runs."""
+    _decide(incident_id, False, by, reason, saga_id)
+
+
+def _switch(paused: bool, by: str | None, reason: str) -> None:
+    from responder.saga.pause import control_bucket, set_pause
+
+    cfg = settings()
+    who = by or _user()
+
+    async def main() -> None:
+        nc = await connect(nats_url_of(cfg), name="vigil-pause")
+        try:
+            kv = await control_bucket(nc.jetstream(), replicas=cfg.stream_replicas)
+            await set_pause(kv, paused, by=who, reason=reason)
+        finally:
+            await nc.close()
+
+    run(main())
+    said = "paused: no new step starts (a running step finishes)" if paused else "resumed"
+    console.print(f"remediation {said}; by {who}", markup=False)
+
+
+@app.command()
+def pause(
+    reason: Annotated[str, typer.Option(help="why (recorded)")] = "",
+    by: ByOption = None,
+) -> None:
+    """Pause all remediation at once: no new step starts anywhere until `vigil resume`."""
+    _switch(True, by, reason)
+
+
+@app.command()
+def resume(
+    reason: Annotated[str, typer.Option(help="why (recorded)")] = "",
+    by: ByOption = None,
+) -> None:
+    """Lift the pause: the sagas it held go on."""
+    _switch(False, by, reason)
 
 
 def _user() -> str:

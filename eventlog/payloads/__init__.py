@@ -38,6 +38,7 @@ from eventlog.payloads.remediation import (
     SagaStepStarted,
     SagaStepSucceeded,
     VerificationFailed,
+    VerificationMeasured,
     VerificationPassed,
 )
 
@@ -64,6 +65,7 @@ PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     CompensationSucceeded,
     CompensationFailed,
     CompensationEscalated,
+    VerificationMeasured,
     VerificationPassed,
     VerificationFailed,
     SagaCompleted,
@@ -107,5 +109,6 @@ __all__ = [
     "ToolFailed",
     "ToolRequested",
     "VerificationFailed",
+    "VerificationMeasured",
     "VerificationPassed",
 ]

@@ -42,6 +42,7 @@ class SagaStarted(Payload):
     saga_id: str = Field(min_length=1)
     steps: list[RemediationAction] = Field(min_length=1)
     dry_run: bool = False
+    services: list[str] = Field(default_factory=list, description="the services its steps touch")
 
 
 class SagaStep(Payload):
@@ -66,7 +67,10 @@ class SagaStepFailed(SagaStep):
 
 
 class CompensationStarted(SagaStep):
-    pass
+    """`action` is the compensating action, run with `params` under `idempotency_key`."""
+
+    params: JsonObject = Field(default_factory=dict)
+    idempotency_key: str | None = None
 
 
 class CompensationSucceeded(SagaStep):
@@ -82,6 +86,18 @@ class CompensationEscalated(SagaStep):
 
     attempts: int = Field(ge=1)
     error: str
+
+
+class VerificationMeasured(Payload):
+    """One measurement of the verification (Argo Rollouts' analysis run): `index` from 0,
+    `observed` the query's value (None: no data, or the query failed: see `error`)."""
+
+    saga_id: str = Field(min_length=1)
+    index: int = Field(ge=0)
+    query: str
+    observed: float | None = None
+    ok: bool
+    error: str | None = None
 
 
 class VerificationPassed(Payload):

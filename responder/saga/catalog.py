@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from eventlog.payloads.investigation import Category
 from responder.tools.config_file import load_config_file
 
 Risk = Literal["low", "medium", "high"]
@@ -143,6 +144,54 @@ class Scope(_Strict):
         return re.fullmatch(self.services, service) is not None
 
 
+NUMBER = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+CONDITION = re.compile(rf"^(?:empty|result\s*(<=|>=|==|!=|<|>)\s*({NUMBER}))$")
+COMPARE = {
+    "<": float.__lt__, "<=": float.__le__, ">": float.__gt__,
+    ">=": float.__ge__, "==": float.__eq__, "!=": float.__ne__,
+}  # fmt: skip
+
+
+class Verification(_Strict):
+    """How recovery is measured after the steps, the way Argo Rollouts' analysis does: after
+    `settle_seconds`, `query` is run `count` times every `interval_seconds`, each result judged
+    by `success_condition`; more than `failure_limit` failed measurements fail it.
+
+    `query` (PromQL, templated with the step's params) defaults to the alert's own `expr` (from
+    its generator URL), whose result is empty once the alert's condition no longer holds.
+    `success_condition` is `empty` (no series), or `result <op> number` (`<`, `<=`, `>`, `>=`,
+    `==`, `!=`), which every series returned must meet; no series at all fails it."""
+
+    query: str | None = None
+    success_condition: str = "empty"
+    count: int = Field(default=3, ge=1, le=100)
+    interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    failure_limit: int = Field(default=0, ge=0)
+    settle_seconds: float = Field(default=30.0, ge=0, le=3600)
+
+    @field_validator("success_condition")
+    @classmethod
+    def _a_condition(cls, value: str) -> str:
+        if not CONDITION.fullmatch(value.strip()):
+            raise ValueError(f"{value!r}: write `empty` or `result <op> number`")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _limit_below_count(self) -> Verification:
+        if self.failure_limit >= self.count:
+            raise ValueError("failure_limit must be below count, or nothing could fail it")
+        return self
+
+    def judge(self, values: list[float]) -> bool:
+        """Whether one measurement (the values of the series the query returned) succeeds."""
+        match = CONDITION.fullmatch(self.success_condition)
+        assert match is not None
+        if match.group(1) is None:
+            return not values
+        op, bound = COMPARE[match.group(1)], float(match.group(2))
+        return bool(values) and all(op(v, bound) for v in values)
+
+
 class Action(_Strict):
     name: str = Field(pattern=ACTION_NAME)
     description: str = Field(min_length=1)
@@ -151,6 +200,11 @@ class Action(_Strict):
     executor: Executor
     compensation: Compensation | Literal["irreversible"]
     scope: Scope
+    verify: Verification | None = None
+    remedies: list[Category] = Field(
+        default_factory=list,
+        description="root-cause categories it is recommended for, on the hypothesis's service",
+    )
 
     @field_validator("params")
     @classmethod
@@ -208,4 +262,6 @@ def load_catalog(path: Path) -> Catalog:
     return load_config_file(path, Catalog, "VIGIL_ACTIONS")
 
 
-__all__ = ["RISKS", "Action", "Catalog", "Risk", "TemplateError", "load_catalog", "render"]
+__all__ = [
+    "RISKS", "Action", "Catalog", "Risk", "TemplateError", "Verification", "load_catalog", "render",
+]  # fmt: skip

@@ -7,7 +7,9 @@ its outcome):
 
 - `http`: a JSON request, the key in the `Idempotency-Key` header; success by status code; the
   answer's JSON object is the step's output. `outcome_url` (a GET, `{key}` in its template)
-  answers 200 with that same output for a key it carried out, 404 for a key it never saw.
+  replays the key's answer, status and body, as an idempotency-keyed API does (Stripe's):
+  404 for a key it never saw, a success status for a key carried out, another 4xx for one it
+  refused; anything else (a 5xx, no answer) leaves the outcome unknown.
 - `command`: the program with its arguments, never through a shell, killed at its timeout;
   exit status 0 is success, the end of its output the step's output. It cannot be asked:
   the action's `rerun_safe` tells the orchestrator whether it may run again.
@@ -40,10 +42,10 @@ KEY_HEADER = "Idempotency-Key"
 OUTPUT_TAIL = 2000  # characters of a command's output kept as the step's output
 
 
-def idempotency_key(saga_id: str, step: int, attempt: int) -> str:
-    """`saga:step:attempt`: one per try of a step, the same after a crash (no `/`, so it stands
-    in a URL path as one segment)."""
-    return f"{saga_id}:{step}:{attempt}"
+def idempotency_key(saga_id: str, step: int, attempt: int, *, undo: bool = False) -> str:
+    """`saga:step:attempt` (`saga:step:undo:attempt` for its compensation): one per try, the
+    same after a crash (no `/`, so it stands in a URL path as one segment)."""
+    return f"{saga_id}:{step}:undo:{attempt}" if undo else f"{saga_id}:{step}:{attempt}"
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,15 @@ class HttpRunner:
                 answer = await client.get(url, headers={KEY_HEADER: key})
         except httpx.HTTPError as exc:
             return StepOutcome(False, error=f"outcome unknown: {exc}", certain=False)
-        if answer.status_code == 404:
+        status = answer.status_code
+        if status == 404:
             return None
-        if answer.status_code != 200:
-            error = f"outcome unknown: {answer.status_code}: {answer.text[:300]}"
-            return StepOutcome(False, error=error, certain=False)
-        return StepOutcome(True, output=_json_object(answer))
+        if status in spec.success_status:
+            return StepOutcome(True, output=_json_object(answer))
+        if 400 <= status < 500:  # it was refused, and says so again
+            return StepOutcome(False, error=f"{status}: {answer.text[:300]}")
+        return StepOutcome(False, error=f"outcome unknown: {status}: {answer.text[:300]}",
+                           certain=False)  # fmt: skip
 
 
 def _json_object(answer: httpx.Response) -> dict[str, Any]:

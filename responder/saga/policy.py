@@ -19,6 +19,7 @@ from responder.saga.catalog import Risk
 from responder.tools.config_file import load_config_file
 
 UNKNOWN_SERVICE: RemediationMode = "approval"
+STRICTNESS: tuple[RemediationMode, ...] = ("auto", "dry_run", "approval")
 
 
 class _Strict(BaseModel):
@@ -36,8 +37,13 @@ class ServicePolicy(_Strict):
 class Policy(_Strict):
     services: dict[str, ServicePolicy] = Field(default_factory=dict)
     max_per_service_per_hour: int = Field(default=3, ge=0)
-    approval_expiry_minutes: float = Field(default=30.0, gt=0)
+    approval_expiry_minutes: float = Field(
+        default=30.0, gt=0, description="also how long an unapproved plan may wait to start"
+    )
     paused: bool = False
+    min_confidence_to_propose: float = Field(
+        default=0.6, ge=0, le=1, description="a report's top hypothesis below this: no proposal"
+    )
 
     def mode_for(self, service: str | None, risk: Risk) -> RemediationMode:
         rules = self.services.get(service) if service is not None else None
@@ -45,6 +51,16 @@ class Policy(_Strict):
             return UNKNOWN_SERVICE
         mode: RemediationMode = getattr(rules, risk)
         return mode
+
+    def mode_for_plan(
+        self, targets: list[str], risks: list[Risk], asked: RemediationMode | None = None
+    ) -> RemediationMode:
+        """The strictest of each step's mode (its risk on the service it touches) and the mode
+        asked for: nobody can ask their way out of an approval."""
+        modes = [self.mode_for(t, r) for t, r in zip(targets, risks, strict=True)]
+        if asked is not None:
+            modes.append(asked)
+        return max(modes, key=STRICTNESS.index)
 
     def over_rate(self, started: Iterable[datetime], now: datetime) -> bool:
         """Whether another remediation of a service whose sagas `started` at these times

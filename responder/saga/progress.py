@@ -29,6 +29,7 @@ from eventlog.payloads import (
     SagaStepStarted,
     SagaStepSucceeded,
     VerificationFailed,
+    VerificationMeasured,
     VerificationPassed,
 )
 
@@ -37,9 +38,14 @@ MAX_COMPENSATION_ATTEMPTS = 3
 
 @dataclass
 class StepState:
-    attempts: int = 0  # SagaStepStarted recorded
+    keys: set[str] = field(default_factory=set)  # the idempotency key of each try started
     succeeded: SagaStepSucceeded | None = None
     failed: SagaStepFailed | None = None
+
+    @property
+    def attempts(self) -> int:
+        """Tries started (a copy of an event stored twice counts once: it has the same key)."""
+        return len(self.keys)
 
     @property
     def open(self) -> bool:
@@ -53,6 +59,7 @@ class CompensationState:
     failures: int = 0
     succeeded: bool = False
     escalated: bool = False
+    last_error: str = ""
 
     @property
     def open(self) -> bool:
@@ -67,10 +74,13 @@ class Saga:
     approved: RemediationApproved | None = None
     rejected: RemediationRejected | None = None
     started: SagaStarted | None = None
+    started_at: datetime | None = None
     steps: dict[int, StepState] = field(default_factory=dict)
     compensations: dict[int, CompensationState] = field(default_factory=dict)
+    measurements: list[tuple[VerificationMeasured, datetime]] = field(default_factory=list)
     verification: VerificationPassed | VerificationFailed | None = None
     ended: SagaCompleted | SagaCompensated | None = None
+    last_step_at: datetime | None = None  # when the last step's success was recorded
 
     def step(self, i: int) -> StepState:
         return self.steps.setdefault(i, StepState())
@@ -94,11 +104,13 @@ def fold(events: list[Event], saga_id: str) -> Saga:
             case RemediationRejected():
                 saga.rejected = saga.rejected or data
             case SagaStarted():
-                saga.started = saga.started or data
+                if saga.started is None:
+                    saga.started, saga.started_at = data, event.occurred_at
             case SagaStepStarted():
-                saga.step(data.step).attempts += 1
+                saga.step(data.step).keys.add(data.idempotency_key)
             case SagaStepSucceeded():
                 saga.step(data.step).succeeded = data
+                saga.last_step_at = event.occurred_at
             case SagaStepFailed():
                 saga.step(data.step).failed = data
             case CompensationStarted():
@@ -106,9 +118,14 @@ def fold(events: list[Event], saga_id: str) -> Saga:
             case CompensationSucceeded():
                 saga.compensation(data.step).succeeded = True
             case CompensationFailed():
-                saga.compensation(data.step).failures += 1
+                comp = saga.compensation(data.step)
+                comp.failures += 1
+                comp.last_error = data.error
             case CompensationEscalated():
                 saga.compensation(data.step).escalated = True
+            case VerificationMeasured():
+                if data.index == len(saga.measurements):  # a second writer's copy: ignored
+                    saga.measurements.append((data, event.occurred_at))
             case VerificationPassed() | VerificationFailed():
                 saga.verification = saga.verification or data
             case SagaCompleted() | SagaCompensated():
@@ -135,7 +152,10 @@ class Wait:
 
 @dataclass(frozen=True)
 class Expire:
-    """The approval did not come in time: reject the plan as expired."""
+    """The approval did not come in time, or the plan was never started while it was fresh
+    (no orchestrator ran): reject it as expired rather than act on an old diagnosis."""
+
+    why: str
 
 
 @dataclass(frozen=True)
@@ -207,10 +227,14 @@ def next_move(
     if proposed is None or saga.ended is not None or saga.rejected is not None:
         return Done()
     if saga.started is None:
+        assert saga.proposed_at is not None
+        until = saga.proposed_at + approval_expiry
         if proposed.mode == "approval" and saga.approved is None:
-            assert saga.proposed_at is not None
-            until = saga.proposed_at + approval_expiry
-            return Expire() if now >= until else Wait("awaiting approval", until)
+            if now >= until:
+                return Expire(f"no approval within {_minutes(approval_expiry)}")
+            return Wait("awaiting approval", until)
+        if now >= until and saga.approved is None:  # approved: a person just said go
+            return Expire(f"not started within {_minutes(approval_expiry)} of its proposal")
         return Wait("paused") if paused else Start(dry_run=proposed.mode == "dry_run")
     failed = next((i for i, s in sorted(saga.steps.items()) if s.failed), None)
     if failed is not None or isinstance(saga.verification, VerificationFailed):
@@ -224,6 +248,10 @@ def next_move(
     if saga.started.dry_run or isinstance(saga.verification, VerificationPassed):
         return Finish(compensated=False)
     return Wait("paused") if paused else Verify()
+
+
+def _minutes(span: timedelta) -> str:
+    return f"{span.total_seconds() / 60:g} min"
 
 
 def _unwind(saga: Saga, paused: bool, irreversible: frozenset[int], failed: int | None) -> Move:

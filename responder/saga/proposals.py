@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from eventlog.envelope import new_event
+from eventlog.envelope import Event, new_event
 from eventlog.history import incident_events
 from eventlog.payloads import (
     AnomalyDetected,
     RemediationAction,
+    RemediationApproved,
     RemediationProposed,
     RemediationRejected,
 )
@@ -29,9 +30,10 @@ from responder.attempts import NoSuchIncident
 from responder.saga.catalog import Catalog
 from responder.saga.plan import PlanRefused, check_plan
 from responder.saga.policy import Policy
+from responder.saga.progress import Saga, fold
 
 SOURCE = "saga"
-STRICTNESS: tuple[RemediationMode, ...] = ("auto", "dry_run", "approval")
+NAMESPACE = uuid.UUID("0d7b3c52-96a1-4f0e-8a4b-5e2f1c9d7a63")
 
 
 @dataclass(frozen=True)
@@ -51,22 +53,20 @@ async def propose(
     by: str,
     rationale: str = "",
     mode: RemediationMode | None = None,
+    saga_id: str | None = None,
 ) -> Proposal:
     """Record the plan for the incident, accepted or refused (see the module's docstring).
-    NoSuchIncident when no anomaly was ever recorded for it."""
-    service = await _service_of(js, incident_id)
-    saga_id = f"saga-{uuid.uuid4().hex[:12]}"
+    `saga_id`: given, proposing again records nothing new. NoSuchIncident when no anomaly was
+    ever recorded for the incident."""
+    service = await service_of(js, incident_id)
+    saga_id = saga_id or f"saga-{uuid.uuid4().hex[:12]}"
     try:
         plan = check_plan(catalog, steps, incident_service=service)
     except PlanRefused as exc:
         refused = RemediationRejected(saga_id=saga_id, by="policy", reason=str(exc))
         await _record(js, incident_id, refused)
         return Proposal(saga_id, None, refused)
-    # Each step by its own risk on the service it touches; the plan as its strictest step.
-    modes = [policy.mode_for(t, r) for t, r in zip(plan.targets, plan.risks, strict=True)]
-    if mode is not None:
-        modes.append(mode)
-    decided = max(modes, key=STRICTNESS.index)
+    decided = policy.mode_for_plan(plan.targets, plan.risks, mode)
     accepted = RemediationProposed(
         saga_id=saga_id, steps=plan.steps, mode=decided, risk=plan.risk,
         rationale=rationale or f"proposed by {by}",
@@ -75,7 +75,7 @@ async def propose(
     return Proposal(saga_id, accepted, None)
 
 
-async def _service_of(js: JetStreamContext, incident_id: str) -> str | None:
+async def service_of(js: JetStreamContext, incident_id: str) -> str | None:
     for stored in await incident_events(js, incident_id):
         if isinstance(stored.event.data, AnomalyDetected):
             return stored.event.data.service
@@ -83,6 +83,59 @@ async def _service_of(js: JetStreamContext, incident_id: str) -> str | None:
 
 
 async def _record(
-    js: JetStreamContext, incident_id: str, data: RemediationProposed | RemediationRejected
+    js: JetStreamContext,
+    incident_id: str,
+    data: RemediationProposed | RemediationApproved | RemediationRejected,
 ) -> None:
-    await EventPublisher(js).publish(new_event(data, incident_id=incident_id, source=SOURCE))
+    event_id = uuid.uuid5(NAMESPACE, f"{incident_id}|{data.saga_id}|{type(data).__name__}")
+    event = new_event(data, incident_id=incident_id, source=SOURCE, event_id=event_id)
+    await EventPublisher(js).publish(event)
+
+
+class NotAwaitingApproval(ValueError):
+    """Nothing of the incident waits for a decision (or the saga named does not); says why."""
+
+
+async def decide(
+    js: JetStreamContext,
+    incident_id: str,
+    *,
+    approve: bool,
+    by: str,
+    reason: str = "",
+    saga_id: str | None = None,
+) -> RemediationApproved | RemediationRejected:
+    """Approve or reject the plan of the incident that awaits approval (`saga_id` when there are
+    several). NoSuchIncident, or NotAwaitingApproval naming what there is."""
+    events = [s.event for s in await incident_events(js, incident_id)]
+    if not any(isinstance(e.data, AnomalyDetected) for e in events):
+        raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
+    waiting = [sid for sid in saga_ids(events) if _awaits_approval(fold(events, sid))]
+    if saga_id is not None:
+        if saga_id not in waiting:
+            raise NotAwaitingApproval(f"{saga_id} of incident {incident_id} awaits no approval")
+        waiting = [saga_id]
+    if not waiting:
+        raise NotAwaitingApproval(f"no plan of incident {incident_id} awaits approval")
+    if len(waiting) > 1:
+        raise NotAwaitingApproval(f"several plans await approval ({', '.join(waiting)}): name one")
+    data: RemediationApproved | RemediationRejected
+    if approve:
+        data = RemediationApproved(saga_id=waiting[0], by=by, comment=reason)
+    else:
+        data = RemediationRejected(saga_id=waiting[0], by=by, reason=reason)
+    await _record(js, incident_id, data)
+    return data
+
+
+def saga_ids(events: list[Event]) -> list[str]:
+    return list(
+        dict.fromkeys(e.data.saga_id for e in events if isinstance(e.data, RemediationProposed))
+    )
+
+
+def _awaits_approval(saga: Saga) -> bool:
+    return (
+        saga.proposed is not None and saga.proposed.mode == "approval" and saga.approved is None
+        and saga.rejected is None and saga.started is None
+    )  # fmt: skip

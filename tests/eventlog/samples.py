@@ -38,6 +38,7 @@ from eventlog.payloads import (
     ToolFailed,
     ToolRequested,
     VerificationFailed,
+    VerificationMeasured,
     VerificationPassed,
 )
 from eventlog.payloads.investigation import Category, RootCauseReport
@@ -97,6 +98,7 @@ SAMPLES: list[Payload] = [
     CompensationSucceeded(saga_id="s1", step=0, action="restart"),
     CompensationFailed(saga_id="s1", step=0, action="restart", error="gone"),
     CompensationEscalated(saga_id="s1", step=0, action="restart", attempts=3, error="gone"),
+    VerificationMeasured(saga_id="s1", index=0, query="up", observed=1.0, ok=True),
     VerificationPassed(saga_id="s1", check="p99 < 1s", observed=0.4),
     VerificationFailed(saga_id="s1", check="p99 < 1s", observed=2.0),
     SagaCompleted(saga_id="s1"),

@@ -17,7 +17,7 @@ from tests.eventlog.samples import SAMPLES, T0, agent_step, event
 
 def test_every_event_type_has_a_sample() -> None:
     assert {type(s) for s in SAMPLES} == set(PAYLOAD_TYPES)
-    assert len(EVENT_TYPES) == 29
+    assert len(EVENT_TYPES) == 30
 
 
 @pytest.mark.parametrize("payload", SAMPLES, ids=lambda p: type(p).__name__)

@@ -58,7 +58,7 @@ async def test_http_failures_say_whether_the_step_may_have_happened() -> None:
     unreachable = await runner_for(deploy(gone)).run(
         deploy(gone), {"service": "checkout", "version": "2"}, "k3"
     )
-    assert not refused.ok and refused.certain and refused.error.startswith("500: ")
+    assert not refused.ok and refused.certain and refused.error.startswith("422: ")
     # A param is one path segment, quoted: it cannot turn into a query or a fragment.
     assert path.ok and path.output["service"] == "x y?force=1#"
     assert not unreachable.ok and unreachable.certain and "unreachable" in unreachable.error

@@ -92,10 +92,19 @@ def test_nothing_proposed_or_already_over_is_done() -> None:
 
 def test_approval_waits_until_it_comes_or_expires() -> None:
     assert move(proposed("approval")) == Wait("awaiting approval", T0 + EXPIRY)
-    assert move(proposed("approval"), now=T0 + EXPIRY) == Expire()
+    assert move(proposed("approval"), now=T0 + EXPIRY) == Expire("no approval within 30 min")
     approved = RemediationApproved(saga_id="s1", by="ana")
     assert move(proposed("approval"), approved, now=T0 + EXPIRY) == Start(dry_run=False)
     assert move(proposed("dry_run")) == Start(dry_run=True)
+
+
+def test_a_plan_never_started_while_fresh_expires_rather_than_acting_on_an_old_diagnosis() -> None:
+    late = T0 + EXPIRY
+    assert move(proposed("auto"), now=late) == Expire("not started within 30 min of its proposal")
+    assert move(proposed("dry_run"), now=late) == Expire(
+        "not started within 30 min of its proposal"
+    )
+    assert move(proposed("auto"), START, now=late) == RunStep(0, 1)  # started in time: goes on
 
 
 def test_steps_run_in_order_then_verification_then_the_end() -> None:
