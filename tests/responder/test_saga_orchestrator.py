@@ -5,15 +5,14 @@ verification, approval, rejection, expiry, pause, the rate limit, refusals, esca
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from eventlog.envelope import Event, parse_event
+from eventlog.envelope import Event
 from eventlog.history import incident_events
 from eventlog.payloads import (
     AnomalyResolved,
@@ -43,6 +42,9 @@ from responder.saga.proposals import propose
 from tests.detector.prometheus_server import PrometheusServer
 from tests.responder.running import anomaly, append
 from tests.responder.saga_target import Deployer, catalog_for
+from tests.responder.watching import Seen, of, seen
+
+__all__ = ["seen"]  # a fixture
 
 AUTO = ServicePolicy(low="auto", medium="auto", high="auto")
 POLICY = Policy(
@@ -61,39 +63,6 @@ def step(service: str, version: str, action: str = "set_version") -> Remediation
 
 
 THREE = [step("checkout", "1.1"), step("payments", "2.1"), step("search", "3.1")]
-
-
-class Seen:
-    """Every event on the stream, from its first, as they come."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._changed = asyncio.Event()
-
-    async def on_message(self, msg: Msg) -> None:
-        self.events.append(parse_event(msg.data))
-        self._changed.set()
-
-    async def first(self, match: Callable[[Event], bool], timeout: float = 20.0) -> Event:
-        """The first event that `match`es: awaited as events come, not slept for."""
-        async with asyncio.timeout(timeout):
-            while not any(match(e) for e in self.events):
-                self._changed.clear()
-                await self._changed.wait()
-        return next(e for e in self.events if match(e))
-
-
-def of(kind: str, step: int | None = None) -> Callable[[Event], bool]:
-    return lambda e: e.type == kind and (step is None or getattr(e.data, "step", None) == step)
-
-
-@pytest.fixture
-async def seen(js: JetStreamContext) -> AsyncIterator[Seen]:
-    """The stream's events as they are appended."""
-    watch = Seen()
-    sub = await js.subscribe("vigil.evt.>", cb=watch.on_message, ordered_consumer=True)
-    yield watch
-    await sub.unsubscribe()
 
 
 @pytest.fixture
