@@ -33,7 +33,7 @@ def refused(*steps: RemediationAction, service: str | None = "checkout") -> str:
 
 def test_a_plan_of_the_catalog_gets_the_catalogs_compensations_and_its_highest_risk() -> None:
     plan = check_plan(CATALOG, [
-        step("rollback_deploy", service="checkout", version="1.4.0"),
+        step("rollback_deploy", service="checkout"),
         step("deploy_version", service="payments", version="2.0.1"),
     ], incident_service="checkout")  # fmt: skip
     assert [s.compensation for s in plan.steps] == ["deploy_version", None]
@@ -45,12 +45,12 @@ def test_what_is_not_in_the_catalog_or_its_scope_is_refused_with_the_reason() ->
         "step 0 ('kubectl_delete'): no such action in the catalog"
     )
     # The rollback may touch the incident's own service only.
-    assert refused(step("rollback_deploy", service="payments", version="1")) == (
+    assert refused(step("rollback_deploy", service="payments")) == (
         "step 0 ('rollback_deploy'): service='payments' is outside the incident's service "
         "(checkout)"
     )
     assert "outside the incident's service (None)" in refused(
-        step("rollback_deploy", service="checkout", version="1"), service=None
+        step("rollback_deploy", service="checkout"), service=None
     )
     # A pattern matches the whole name, not a part of it.
     assert refused(step("restart_service", service="checkout-canary")).endswith(
@@ -77,8 +77,8 @@ def test_what_is_not_in_the_catalog_or_its_scope_is_refused_with_the_reason() ->
     ],
 )  # fmt: skip
 def test_params_must_fit_the_actions_schema(params: dict[str, Any], reason: str) -> None:
-    assert refused(RemediationAction(action="rollback_deploy", params=params)) == (
-        f"step 0 ('rollback_deploy'): {reason}"
+    assert refused(RemediationAction(action="deploy_version", params=params), service="x") == (
+        f"step 0 ('deploy_version'): {reason}"
     )
 
 

@@ -9,9 +9,15 @@ import pytest
 from nats.js import JetStreamContext
 
 from eventlog.history import incident_events
-from eventlog.payloads import RemediationAction, RemediationProposed, RemediationRejected
+from eventlog.payloads import (
+    RemediationAction,
+    RemediationApproved,
+    RemediationProposed,
+    RemediationRejected,
+)
 from responder.attempts import NoSuchIncident
 from responder.saga.catalog import load_catalog
+from responder.saga.pause import control_bucket, read_pause
 from responder.saga.policy import load_policy
 from responder.saga.proposals import propose
 from tests.responder.running import anomaly, append
@@ -24,7 +30,7 @@ POLICY = load_policy(DEPLOY / "policy.yaml")
 
 
 def rollback(service: str = "checkout") -> RemediationAction:
-    return RemediationAction(action="rollback_deploy", params={"service": service, "version": "1"})
+    return RemediationAction(action="rollback_deploy", params={"service": service})
 
 
 async def recorded(js: JetStreamContext) -> list[RemediationProposed | RemediationRejected]:
@@ -84,11 +90,11 @@ async def test_vigil_propose_records_a_one_step_plan_or_says_why_not(
     env = vigil_env(tmp_path, nats_url=nats_server.url, actions=str(DEPLOY / "actions.yaml"),
                     policy=str(DEPLOY / "policy.yaml"))  # fmt: skip
     done = await run_vigil("propose", "inc-1", "rollback_deploy", "--param", "service=checkout",
-                           "--param", "version=1.4.0", "--by", "ana", env=env)  # fmt: skip
+                           "--by", "ana", env=env)  # fmt: skip
     assert done.rc == 0, done.err
     assert done.out.strip().endswith("proposed (auto)")
     wider = await run_vigil("propose", "inc-1", "rollback_deploy", "--param", "service=payments",
-                            "--param", "version=1.4.0", env=env)  # fmt: skip
+                            env=env)  # fmt: skip
     assert wider.rc == 2 and wider.err_lines[0].startswith(
         "vigil: refused: step 0 ('rollback_deploy'): service='payments' is outside"
     ), wider.err
@@ -102,3 +108,72 @@ async def test_vigil_propose_records_a_one_step_plan_or_says_why_not(
     assert unset.err_lines == [
         "vigil: no action catalog: set VIGIL_ACTIONS (sample: deploy/actions.yaml)"
     ]
+
+
+async def test_vigil_approve_and_reject_decide_the_plan_that_awaits_approval(
+    js: JetStreamContext, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    await append(js, anomaly("payments"))  # payments: every risk waits for approval
+    env = vigil_env(tmp_path, nats_url=nats_server.url)
+    nothing = await run_vigil("approve", "inc-1", env=env)
+    assert nothing.rc == 2 and nothing.err_lines == [
+        "vigil: no plan of incident inc-1 awaits approval"
+    ]
+    unknown = await run_vigil("reject", "inc-9", env=env)
+    assert unknown.err_lines == ["vigil: no incident 'inc-9': no anomaly was recorded for it"]
+    restart = RemediationAction(action="restart_service", params={"service": "payments"})
+    one = await propose(js, "inc-1", [restart], catalog=CATALOG, policy=POLICY, by="ana")
+    two = await propose(js, "inc-1", [restart], catalog=CATALOG, policy=POLICY, by="ana")
+    several = await run_vigil("approve", "inc-1", env=env)
+    assert several.err_lines == [
+        f"vigil: several plans await approval ({one.saga_id}, {two.saga_id}): name one"
+    ]
+    approved = await run_vigil("approve", "inc-1", "--saga", one.saga_id, "--by", "ana",
+                               "--comment", "ok after the call", env=env)  # fmt: skip
+    assert approved.rc == 0 and approved.out.strip() == (
+        f"incident inc-1: {one.saga_id} approved by ana"
+    )
+    rejected = await run_vigil("reject", "inc-1", "--reason", "one is enough", "--by", "bob",
+                               env=env)  # fmt: skip
+    assert rejected.out.strip() == f"incident inc-1: {two.saga_id} rejected by bob"
+    again = await run_vigil("approve", "inc-1", "--saga", two.saga_id, env=env)
+    assert again.err_lines == [f"vigil: {two.saga_id} of incident inc-1 awaits no approval"]
+    decided = [s.event.data for s in await incident_events(js, "inc-1")
+               if isinstance(s.event.data, RemediationApproved | RemediationRejected)]  # fmt: skip
+    assert decided == [
+        RemediationApproved(saga_id=one.saga_id, by="ana", comment="ok after the call"),
+        RemediationRejected(saga_id=two.saga_id, by="bob", reason="one is enough"),
+    ]
+
+
+async def test_vigil_pause_and_resume_set_the_switch_with_who_and_why(
+    js: JetStreamContext, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    env = vigil_env(tmp_path, nats_url=nats_server.url)
+    paused = await run_vigil("pause", "--reason", "db migration", "--by", "ana", env=env)
+    assert paused.rc == 0 and paused.out.strip() == (
+        "remediation paused: no new step starts (a running step finishes); by ana"
+    )
+    switch = await read_pause(await control_bucket(js))
+    assert switch is not None and (switch.paused, switch.by, switch.reason) == (
+        True, "ana", "db migration"
+    )  # fmt: skip
+    resumed = await run_vigil("resume", "--by", "bob", env=env)
+    assert resumed.out.strip() == "remediation resumed; by bob"
+    switch = await read_pause(await control_bucket(js))
+    assert switch is not None and not switch.paused and switch.by == "bob"
+
+
+async def test_vigil_saga_says_what_it_needs_in_one_line(tmp_path: Path) -> None:
+    no_nats = await run_vigil("saga", env=vigil_env(tmp_path))
+    assert no_nats.err_lines == [
+        "vigil: VIGIL_NATS_URL is required: the orchestrator joins an existing NATS"
+    ]
+    no_catalog = await run_vigil("saga", env=vigil_env(tmp_path, nats_url="nats://127.0.0.1:9"))
+    assert no_catalog.err_lines == [
+        "vigil: no action catalog: set VIGIL_ACTIONS (sample: deploy/actions.yaml)"
+    ]
+    (tmp_path / "bad.yaml").write_text("actions: [{name: x}]\n")
+    bad = await run_vigil("saga", env=vigil_env(tmp_path, nats_url="nats://127.0.0.1:9",
+                                                actions=str(tmp_path / "bad.yaml")))  # fmt: skip
+    assert bad.rc == 2 and len(bad.err_lines) == 1 and "VIGIL_ACTIONS" in bad.err
