@@ -370,3 +370,11 @@ class EventWatch:
 
     def of_type(self, kind: str) -> list[Event]:
         return [e for e in self.events if e.type == kind]
+
+    async def first(self, match: Callable[[Event], bool], timeout: float = DEADLINE) -> Event:
+        """The first event that `match`es, once it is appended."""
+        async with asyncio.timeout(timeout):
+            while not any(match(e) for e in self.events):
+                self._changed.clear()
+                await self._changed.wait()
+        return next(e for e in self.events if match(e))
