@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,6 +64,7 @@ from eventlog.payloads import (
 )
 from eventlog.publisher import EventPublisher
 from responder.analyst.evidence import rule_expr
+from responder.attempts import NoSuchIncident
 from responder.saga.catalog import (
     Action,
     Catalog,
@@ -95,7 +96,7 @@ from responder.saga.progress import (
     fold,
     next_move,
 )
-from responder.saga.proposals import propose, saga_ids
+from responder.saga.proposals import propose, saga_ids, service_of_events
 
 log = logging.getLogger(__name__)
 SOURCE = "saga"
@@ -165,7 +166,7 @@ class Orchestrator:
 
     def __post_init__(self) -> None:
         self.publisher = EventPublisher(self.js)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # incident -> lock, its users
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -182,9 +183,10 @@ class Orchestrator:
     async def advance(self, incident_id: str) -> dict[str, Wait]:
         """Take each saga of the incident as far as it goes now; returns what the ones that
         wait are waiting for."""
-        lock = self._locks.setdefault(incident_id, asyncio.Lock())
+        lock, users = self._locks.get(incident_id, (asyncio.Lock(), 0))
+        self._locks[incident_id] = (lock, users + 1)
         try:
-            async with lock:
+            async with lock:  # one move at a time per incident: the sweep and the consumer
                 events = [s.event for s in await incident_events(self.js, incident_id)]
                 waits: dict[str, Wait] = {}
                 for saga_id in saga_ids(events):
@@ -195,8 +197,11 @@ class Orchestrator:
                     events = run.events
                 return waits
         finally:
-            if not lock.locked() and self._locks.get(incident_id) is lock:
+            lock, users = self._locks[incident_id]
+            if users == 1:
                 del self._locks[incident_id]
+            else:
+                self._locks[incident_id] = (lock, users - 1)
 
     async def sweep(self) -> int:
         """Take up every saga not ended (at start, and when the pause lifts); how many
@@ -249,10 +254,13 @@ class Orchestrator:
             f"{top.service} ({top.confidence:.2f}): {report.summary}"
         )
         step = RemediationAction(action=action.name, params={action.scope.target: top.service})
-        await propose(
-            self.js, event.incident_id, [step], catalog=self.catalog, policy=self.policy,
-            by="responder", rationale=rationale, saga_id=saga_id,
-        )  # fmt: skip
+        try:
+            await propose(
+                self.js, event.incident_id, [step], catalog=self.catalog, policy=self.policy,
+                by="responder", rationale=rationale, saga_id=saga_id,
+            )  # fmt: skip
+        except NoSuchIncident:
+            log.warning("incident %s: a report but no anomaly: nothing proposed", event.incident_id)
 
     # -- the moves --------------------------------------------------------------------------
 
@@ -385,8 +393,7 @@ class Orchestrator:
         if dry_run:
             noop = action.model_copy(update={"executor": NoopExecutor(kind="noop")})
             return await NoopRunner().run(noop, params, key)
-        runner = runner_for(action)
-        outcome = await runner.run(action, params, key)
+        outcome = await _guarded(runner_for(action).run(action, params, key))
         if outcome.certain:
             return outcome
         # Sent, maybe carried out (a timeout, a cut connection): ask before anything else.
@@ -405,16 +412,16 @@ class Orchestrator:
         runner = runner_for(action)
         known = first
         for n in range(self.timing.outcome_tries):
-            known = await runner.outcome(action, params, key)
+            known = await _guarded(runner.outcome(action, params, key))
             if known is None:  # it never ran: run it now, under the same key
-                return await runner.run(action, params, key)
+                return await _guarded(runner.run(action, params, key))
             if known.certain:
                 return known
             if action.executor.kind == "command":
                 break  # a command cannot be asked: no point asking again
             await asyncio.sleep(self.timing.backoff * 2**n)
         if getattr(action.executor, "rerun_safe", False):
-            return await runner.run(action, params, key)
+            return await _guarded(runner.run(action, params, key))
         why = known.error if known is not None and known.error else "unknown"
         return StepOutcome(
             False, error=f"outcome unknown ({why}); not run again, as that may not be safe"
@@ -480,7 +487,12 @@ class Orchestrator:
             action = self.catalog.get(step.action)
             if action is not None and action.verify is not None:
                 spec = action.verify
-                query = str(render_template(spec.query, step.params)) if spec.query else None
+                query = None
+                if spec.query:
+                    try:
+                        query = str(render_template(spec.query, step.params))
+                    except TemplateError as exc:  # a measurement that fails, with the reason
+                        query = f"invalid: {exc}"
         if query is None:
             query = next(
                 (rule_expr(e.data.generator_url) for e in events
@@ -621,7 +633,18 @@ class Orchestrator:
 
 
 def _service(events: list[Event]) -> str | None:
-    return next((e.data.service for e in events if isinstance(e.data, AnomalyDetected)), None)
+    return service_of_events(events)
+
+
+async def _guarded(call: Awaitable[StepOutcome | None]) -> StepOutcome | None:
+    """What the executor says, or its exception as a failure: the executors catch the errors
+    of their I/O, so what escapes them happened before anything was sent (a URL a value makes
+    invalid, say): retrying the delivery would only meet it again."""
+    try:
+        return await call
+    except Exception as exc:
+        log.exception("an executor failed")
+        return StepOutcome(False, error=f"{type(exc).__name__}: {exc}"[:500])
 
 
 def _recovered(events: list[Event], since: datetime | None) -> bool:

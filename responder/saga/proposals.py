@@ -19,6 +19,7 @@ from eventlog.envelope import Event, new_event
 from eventlog.history import incident_events
 from eventlog.payloads import (
     AnomalyDetected,
+    AnomalyPredicted,
     RemediationAction,
     RemediationApproved,
     RemediationProposed,
@@ -76,10 +77,16 @@ async def propose(
 
 
 async def service_of(js: JetStreamContext, incident_id: str) -> str | None:
-    for stored in await incident_events(js, incident_id):
-        if isinstance(stored.event.data, AnomalyDetected):
-            return stored.event.data.service
-    raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
+    """The incident's service (its first anomaly's); NoSuchIncident if it has no anomaly."""
+    events = [s.event for s in await incident_events(js, incident_id)]
+    if not any(isinstance(e.data, AnomalyDetected | AnomalyPredicted) for e in events):
+        raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
+    return service_of_events(events)
+
+
+def service_of_events(events: list[Event]) -> str | None:
+    anomalies = (AnomalyDetected, AnomalyPredicted)
+    return next((e.data.service for e in events if isinstance(e.data, anomalies)), None)
 
 
 async def _record(
@@ -108,7 +115,7 @@ async def decide(
     """Approve or reject the plan of the incident that awaits approval (`saga_id` when there are
     several). NoSuchIncident, or NotAwaitingApproval naming what there is."""
     events = [s.event for s in await incident_events(js, incident_id)]
-    if not any(isinstance(e.data, AnomalyDetected) for e in events):
+    if not any(isinstance(e.data, AnomalyDetected | AnomalyPredicted) for e in events):
         raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
     waiting = [sid for sid in saga_ids(events) if _awaits_approval(fold(events, sid))]
     if saga_id is not None:

@@ -26,6 +26,7 @@ from eventlog.payloads import (
     RemediationRejected,
     RootCauseConcluded,
     SagaCompensated,
+    SagaStepFailed,
     SagaStepStarted,
     VerificationFailed,
     VerificationMeasured,
@@ -410,3 +411,18 @@ async def _settled(js: JetStreamContext) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the orchestrator never settled")
+
+
+async def test_an_executor_that_cannot_even_send_fails_the_step_instead_of_a_retry_loop(
+    js: JetStreamContext, deployer: Deployer
+) -> None:
+    """A URL template naming no param: nothing was sent, so the step failed, once."""
+    await append(js, anomaly("checkout"))
+    catalog = catalog_for(deployer.url)
+    catalog["actions"][0]["executor"]["url"] = deployer.url + "/services/{team}/deploy"
+    orch = Orchestrator(js, Catalog.model_validate(catalog), POLICY)
+    await proposed(js, orch, THREE[:1])
+    assert await orch.advance("inc-1") == {}
+    (failed,) = [e.data for e in await story(js) if isinstance(e.data, SagaStepFailed)]
+    assert failed.error == "TemplateError: {team} names nothing"
+    assert (await kinds(js))[-1] == "SagaCompensated" and deployer.calls == {}
