@@ -233,12 +233,16 @@ class Orchestrator:
         top = report.hypotheses[0]
         if report.partial or top.service is None:
             return
+        if self.clock() - event.occurred_at > self.policy.approval_expiry:
+            return  # an old report (a new orchestrator reading history): acting on it is not safe
         if top.confidence < self.policy.min_confidence_to_propose:
             return
         action = next((a for a in self.catalog.actions if top.category in a.remedies), None)
         if action is None:
             return
         events = [s.event for s in await incident_events(self.js, event.incident_id)]
+        if _resolved(events):
+            return
         for saga_id in saga_ids(events):
             saga = fold(events, saga_id)
             if saga.ended is None and saga.rejected is None:
@@ -645,6 +649,17 @@ async def _guarded(call: Awaitable[StepOutcome | None]) -> StepOutcome | None:
     except Exception as exc:
         log.exception("an executor failed")
         return StepOutcome(False, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _resolved(events: list[Event]) -> bool:
+    """Resolved, and nothing fired since."""
+    state = False
+    for e in events:
+        if isinstance(e.data, IncidentResolved):
+            state = True
+        elif isinstance(e.data, AnomalyDetected):
+            state = False
+    return state
 
 
 def _recovered(events: list[Event], since: datetime | None) -> bool:

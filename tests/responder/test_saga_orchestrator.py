@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -426,3 +426,21 @@ async def test_an_executor_that_cannot_even_send_fails_the_step_instead_of_a_ret
     (failed,) = [e.data for e in await story(js) if isinstance(e.data, SagaStepFailed)]
     assert failed.error == "TemplateError: {team} names nothing"
     assert (await kinds(js))[-1] == "SagaCompensated" and deployer.calls == {}
+
+
+async def test_an_old_report_or_a_resolved_incident_proposes_nothing(
+    js: JetStreamContext, deployer: Deployer
+) -> None:
+    """A new orchestrator reads every report in the stream: the old ones must not act."""
+    await append(js, anomaly("checkout"))
+    catalog = catalog_for(deployer.url)
+    catalog["actions"][3]["remedies"] = ["deploy_or_config_change"]  # note
+    later = datetime.now(UTC) + timedelta(minutes=31)
+    orch = Orchestrator(js, Catalog.model_validate(catalog), POLICY, clock=lambda: later)
+    old = conclusion("checkout")
+    await orch.recommend(await append(js, old), old)
+    await append(js, IncidentResolved(how="alert_resolved"), "inc-1")
+    orch.clock = lambda: datetime.now(UTC)
+    fresh = conclusion("checkout", attempt=2)
+    await orch.recommend(await append(js, fresh), fresh)
+    assert not any(isinstance(e.data, RemediationProposed) for e in await story(js))
