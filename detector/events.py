@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from detector.hysteresis import Change
-from detector.rules import ForecastDetector, Rule
+from detector.rules import ForecastDetector, Rule, ThresholdDetector
 from detector.verdicts import Verdict
 from eventlog.envelope import Event, new_event
 from eventlog.payloads import AnomalyDetected, AnomalyPredicted, AnomalyResolved
@@ -76,7 +76,7 @@ def change_event(
         data = AnomalyDetected(
             origin="detector", name=rule.name, fingerprint=fingerprint,
             starts_at=change.starts_at, labels=labels, service=service, severity=severity,
-            value=verdict.value, annotations={"query": rule.query, "detector": rule.detector.kind},
+            value=verdict.value, annotations=_annotations(rule),
             generator_url=_graph_url(prometheus_url, rule.query),
         )  # fmt: skip
     elif change.kind == "predicted":
@@ -101,6 +101,15 @@ def change_event(
         event_id=event_id_for(rule.name, fingerprint, change.starts_at, change.kind),
         occurred_at=change.at,
     )
+
+
+def _annotations(rule: Rule) -> dict[str, str]:
+    """The rule's query and detector; a fixed line too (`threshold`, `direction`), by which a
+    remediation's verification can tell the series is healthy again."""
+    notes = {"query": rule.query, "detector": rule.detector.kind}
+    if isinstance(rule.detector, ThresholdDetector):
+        notes |= {"threshold": repr(rule.detector.threshold), "direction": rule.detector.direction}
+    return notes
 
 
 def _graph_url(base: str | None, query: str) -> str | None:

@@ -460,7 +460,8 @@ class Orchestrator:
                 return
             if query is None:
                 continue  # only the alert's resolution can tell
-            observed, ok, error = await self._measure(query, spec)
+            own = _labels(run.events) if spec.query is None else None  # the incident's signal
+            observed, ok, error = await self._measure(query, spec, own)
             measurement = VerificationMeasured(saga_id=run.saga_id, index=index, query=query,
                                                observed=observed, ok=ok, error=error)  # fmt: skip
             await self._append(run, measurement, f"measured|{index}")
@@ -482,33 +483,34 @@ class Orchestrator:
         await self._append(run, passed, "verified")
 
     def _verification(self, saga: Saga, events: list[Event]) -> tuple[Verification, str | None]:
-        """The last step's action's verification (or the default), and its query: the
-        action's, rendered with the step's params, or the alert's own expr. None: no query
-        can be run (no Prometheus, or no expr), so only the alert resolving tells."""
+        """The last step's action's verification (or the default) and its query. The action's
+        query is rendered with the step's params; without one, the incident's signal is
+        measured (`incident_signal`). None: no query can be run (no Prometheus, or nothing
+        to ask), so only the alert resolving tells."""
         assert saga.started is not None
         spec, query = Verification(), None
         for step in saga.started.steps:
             action = self.catalog.get(step.action)
             if action is not None and action.verify is not None:
-                spec = action.verify
-                query = None
+                spec, query = action.verify, None
                 if spec.query:
                     try:
                         query = str(render_template(spec.query, step.params))
                     except TemplateError as exc:  # a measurement that fails, with the reason
                         query = f"invalid: {exc}"
         if query is None:
-            query = next(
-                (rule_expr(e.data.generator_url) for e in events
-                 if isinstance(e.data, AnomalyDetected) and e.data.generator_url),
-                None,
-            )  # fmt: skip
+            signal = incident_signal(events)
+            if signal is not None:
+                query, condition = signal
+                spec = spec.model_copy(update={"success_condition": condition})
         return spec, (query if self.prometheus_url else None)
 
     async def _measure(
-        self, query: str, spec: Verification
+        self, query: str, spec: Verification, series: dict[str, str] | None = None
     ) -> tuple[float | None, bool, str | None]:
-        """One instant query: (the first value, whether it meets the condition, the error)."""
+        """One instant query: (the first value, whether it meets the condition, the error).
+        With `series` (an alert's labels), only the series of that alert count: the rule's
+        expr also returns other services' breaches."""
         assert self.prometheus_url
         url = f"{self.prometheus_url.rstrip('/')}/api/v1/query"
         try:
@@ -516,7 +518,7 @@ class Orchestrator:
                 answer = await client.get(url, params={"query": query})
             answer.raise_for_status()
             data = answer.json()["data"]
-            values = _values(data)
+            values = _values(data, series)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             return None, False, f"the query failed: {type(exc).__name__}: {exc}"[:300]
         return (values[0] if values else None), spec.judge(values), None
@@ -676,13 +678,42 @@ def _recovered(events: list[Event], since: datetime | None) -> bool:
     return ended_after and not firing
 
 
-def _values(data: dict[str, Any]) -> list[float]:
-    """The values of an instant query's result (a vector's samples, or a scalar)."""
+def _values(data: dict[str, Any], series: dict[str, str] | None = None) -> list[float]:
+    """The values of an instant query's result (a vector's samples, or a scalar); with
+    `series`, only of the samples whose labels all agree with it."""
     if data["resultType"] == "vector":
-        return [float(s["value"][1]) for s in data["result"]]
+        return [
+            float(s["value"][1])
+            for s in data["result"]
+            if series is None
+            or all(series.get(k) == v for k, v in s["metric"].items() if k != "__name__")
+        ]
     if data["resultType"] == "scalar":
         return [float(data["result"][1])]
     raise ValueError(f"a {data['resultType']} result, not a vector")
+
+
+def incident_signal(events: list[Event]) -> tuple[str, str] | None:
+    """The query and success condition that tell the incident's first anomaly is over: an
+    Alertmanager alert's expr (from its generator URL), healthy when it returns nothing; a
+    detector's fixed-line rule, healthy on the right side of its line. None for the others
+    (a z-score has no fixed line): only their resolution can tell."""
+    first = next((e.data for e in events if isinstance(e.data, AnomalyDetected)), None)
+    if first is None:
+        return None
+    notes = first.annotations
+    if first.origin == "detector":
+        if "threshold" not in notes or "query" not in notes:
+            return None
+        side = "<=" if notes.get("direction") == "above" else ">="
+        return notes["query"], f"result {side} {float(notes['threshold'])!r}"
+    expr = rule_expr(first.generator_url)
+    return (expr, "empty") if expr else None
+
+
+def _labels(events: list[Event]) -> dict[str, str] | None:
+    first = next((e.data for e in events if isinstance(e.data, AnomalyDetected)), None)
+    return dict(first.labels) if first is not None else None
 
 
 async def run_orchestrator(

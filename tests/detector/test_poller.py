@@ -70,6 +70,9 @@ async def test_a_spike_fires_once_and_resolves_once(
     assert detected.data.starts_at == minute(history.SPIKE_FROM)  # type: ignore[attr-defined]
     assert detected.data.value == 2.0  # type: ignore[attr-defined]
     assert detected.data.severity == "page"  # type: ignore[attr-defined]
+    # The fixed line of a threshold rule comes along: a remediation's verification reads it.
+    line = {"threshold": "1.0", "direction": "above"} if spec["kind"] == "threshold" else {}
+    assert detected.data.annotations == {"query": SPIKE, "detector": spec["kind"], **line}  # type: ignore[attr-defined]
     assert resolved.data.ends_at == minute(history.SPIKE_TO)  # type: ignore[attr-defined]
     assert resolved.incident_id == detected.incident_id
     assert [e.id for e in await stream_events(js)] == [detected.id, resolved.id]

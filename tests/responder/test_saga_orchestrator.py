@@ -8,11 +8,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from nats.js import JetStreamContext
 
-from eventlog.envelope import Event
+from eventlog.envelope import Event, new_event
 from eventlog.history import incident_events
 from eventlog.payloads import (
     AnomalyResolved,
@@ -35,7 +36,7 @@ from eventlog.payloads import (
 from eventlog.payloads.investigation import RootCauseReport
 from eventlog.payloads.remediation import RemediationMode
 from responder.saga.catalog import Catalog
-from responder.saga.orchestrator import Orchestrator, Timing, run_orchestrator
+from responder.saga.orchestrator import Orchestrator, Timing, incident_signal, run_orchestrator
 from responder.saga.pause import control_bucket, set_pause
 from responder.saga.policy import Policy, ServicePolicy
 from responder.saga.progress import Wait
@@ -444,3 +445,50 @@ async def test_an_old_report_or_a_resolved_incident_proposes_nothing(
     fresh = conclusion("checkout", attempt=2)
     await orch.recommend(await append(js, fresh), fresh)
     assert not any(isinstance(e.data, RemediationProposed) for e in await story(js))
+
+
+def graph(expr: str) -> str:
+    return f"http://prometheus:9090/graph?g0.expr={quote(expr)}&g0.tab=1"
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours", "passed"),
+    [
+        ("payments", "checkout", True),  # another service still breaching: not ours
+        ("checkout", "checkout", False),  # ours still breaching
+    ],
+)
+async def test_by_default_the_alerts_own_expr_is_measured_on_the_alerts_own_series(
+    js: JetStreamContext, deployer: Deployer, prometheus: PrometheusServer,
+    theirs: str, ours: str, passed: bool,
+) -> None:  # fmt: skip
+    expr = f'label_replace(vector(0.3), "service", "{theirs}", "", "") > 0.05'
+    await append(js, anomaly(ours, generator_url=graph(expr)))
+    verify = {"count": 2, "interval_seconds": 0.05, "settle_seconds": 0}  # no query
+    orch = orchestrator(js, deployer, verify=verify, prometheus=prometheus)
+    await proposed(js, orch, THREE[:1])
+    await orch.advance("inc-1")
+    events = await story(js)
+    measured = [e.data for e in events if isinstance(e.data, VerificationMeasured)]
+    assert measured[0].query == expr
+    assert measured[0].ok is passed and (measured[0].observed is None) is passed
+    assert (await kinds(js))[-1] == ("IncidentResolved" if passed else "SagaCompensated")
+
+
+def test_the_incidents_signal_is_the_alerts_expr_or_the_detectors_fixed_line() -> None:
+    def signal(data: Any) -> tuple[str, str] | None:
+        return incident_signal([new_event(data, incident_id="i", source="t")])
+
+    assert signal(anomaly("checkout", generator_url=graph("up == 0"))) == ("up == 0", "empty")
+    assert signal(anomaly("checkout")) is None  # no generator URL: nothing to ask
+    line = {"query": "errors_ratio", "detector": "threshold", "threshold": "0.05"}
+
+    def detected(**notes: str) -> Any:
+        return anomaly("checkout", annotations=notes).model_copy(update={"origin": "detector"})
+
+    above = detected(**line, direction="above")
+    below = detected(**line, direction="below")
+    zscore = detected(query="errors_ratio", detector="zscore")
+    assert signal(above) == ("errors_ratio", "result <= 0.05")
+    assert signal(below) == ("errors_ratio", "result >= 0.05")
+    assert signal(zscore) is None  # no fixed line: only its resolution tells
