@@ -157,8 +157,8 @@ class Verification(_Strict):
     `settle_seconds`, `query` is run `count` times every `interval_seconds`, each result judged
     by `success_condition`; more than `failure_limit` failed measurements fail it.
 
-    `query` (PromQL, templated with the step's params) defaults to the alert's own `expr` (from
-    its generator URL), whose result is empty once the alert's condition no longer holds.
+    `query` (PromQL, templated with the step's params) defaults to the incident's own signal
+    (its alert's `expr`, or its detector rule's query and line), measured on its own series.
     `success_condition` is `empty` (no series), or `result <op> number` (`<`, `<=`, `>`, `>=`,
     `==`, `!=`), which every series returned must meet; no series at all fails it."""
 
@@ -177,9 +177,11 @@ class Verification(_Strict):
         return value.strip()
 
     @model_validator(mode="after")
-    def _limit_below_count(self) -> Verification:
+    def _consistent(self) -> Verification:
         if self.failure_limit >= self.count:
             raise ValueError("failure_limit must be below count, or nothing could fail it")
+        if self.query is None and self.success_condition != "empty":
+            raise ValueError("a success_condition other than empty needs its query")
         return self
 
     def judge(self, values: list[float]) -> bool:

@@ -149,6 +149,19 @@ def test_a_wrong_catalog_is_refused_whole_naming_the_action_and_key(tmp_path: Pa
     assert catalog_error(tmp_path, lambda a: a[3]["scope"].update(services=None)) == (
         "actions.3.scope: give services (a pattern) or incident_service_only: true"
     )
+    verify = {"query": "up", "success_condition": "result < x"}
+    assert catalog_error(tmp_path, lambda a: a[0].update(verify=verify)).startswith(
+        "actions.0.verify.success_condition: 'result < x': write `empty` or `result <op> number`"
+    )
+    assert catalog_error(tmp_path, lambda a: a[0]["verify"].update(failure_limit=3)).startswith(
+        "actions.0.verify: failure_limit must be below count"
+    )
+    assert catalog_error(
+        tmp_path, lambda a: a[0]["verify"].update(success_condition="result < 0.05")
+    ).startswith("actions.0.verify: a success_condition other than empty needs")
+    assert catalog_error(tmp_path, lambda a: a[0].update(remedies=["gremlins"])).startswith(
+        "actions.0.remedies.0: Input should be"
+    )
 
 
 def test_the_policy_decides_per_service_and_risk_and_an_unknown_service_waits() -> None:
