@@ -400,15 +400,18 @@ async def run_saga_role(
     settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
 ) -> None:
     """The saga orchestrator: remediation plans run, verified, compensated."""
+    from responder.saga.lease import Leases, lease_bucket
     from responder.saga.orchestrator import Orchestrator, run_orchestrator
     from responder.saga.pause import control_bucket
 
     catalog, policy = remediation_config(settings)
     async with bus(settings, url, "vigil-saga") as nc:
         js = nc.jetstream()
+        replicas = settings.stream_replicas
+        leases = Leases(await lease_bucket(js, replicas=replicas), term=settings.saga_lease_seconds)
         orchestrator = Orchestrator(
             js, catalog, policy, prometheus_url=settings.prometheus_url,
-            control=await control_bucket(js, replicas=settings.stream_replicas),
+            control=await control_bucket(js, replicas=replicas), leases=leases,
         )  # fmt: skip
         await _when_ready(lambda ready: run_orchestrator(orchestrator, stop, ready=ready), on_ready)
 

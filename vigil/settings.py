@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         description="comma-separated Python modules, each with TOOLS = [Tool(...)]: tools of "
         "your own beside the built-in ones (docs/tools.md)",
     )
+    saga_lease_seconds: float = Field(
+        default=6.0, ge=0.5, le=300,
+        description="an orchestrator that dies mid-saga: another goes on after this long",
+    )  # fmt: skip
     model: str = "builtin"
     stream_replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_seconds: float = Field(default=120.0, gt=0)

@@ -77,6 +77,7 @@ from responder.saga.catalog import (
 from responder.saga.catalog import render as render_template
 from responder.saga.executors import NoopRunner, StepOutcome, idempotency_key, runner_for
 from responder.saga.failpoints import failpoint
+from responder.saga.lease import Leases
 from responder.saga.pause import on_resume, read_pause
 from responder.saga.plan import PlanRefused, check_plan
 from responder.saga.policy import Policy
@@ -102,6 +103,7 @@ log = logging.getLogger(__name__)
 SOURCE = "saga"
 DURABLE = "saga"
 NAMESPACE = uuid.UUID("4e0c2a91-7f3b-4d8e-b615-2c9a8d0f5e34")
+BUSY = Wait("another orchestrator holds it")
 MAX_MOVES = 256  # moves one delivery may make; a saga has a few per step
 TRIGGERS = (
     "RemediationProposed",
@@ -112,9 +114,10 @@ TRIGGERS = (
 ENDINGS = ("RemediationRejected", "SagaCompleted", "SagaCompensated")
 
 
-def orchestrator_spec(concurrency: int = 4) -> ConsumerSpec:
+def orchestrator_spec(concurrency: int = 4, lease_term: float = 6.0) -> ConsumerSpec:
     """Every plan ever proposed is looked at (`deliver="all"`): one never started while fresh
-    expires (`progress.Expire`) rather than acting on an old diagnosis."""
+    expires (`progress.Expire`) rather than acting on an old diagnosis. A dead orchestrator's
+    delivery comes back once its lease's term is over (`ack_wait`), for another to go on."""
     return ConsumerSpec(
         durable=DURABLE,
         filter_subject=tuple(subject_for("*", t) for t in TRIGGERS),
@@ -123,7 +126,7 @@ def orchestrator_spec(concurrency: int = 4) -> ConsumerSpec:
         # A saga runs to its end (steps, settle, verification) in one delivery, kept ours by
         # heartbeats; every executor and measurement is bounded, and so is this.
         handler_timeout=6 * 3600,
-        ack_wait=10.0,
+        ack_wait=lease_term * 1.5,
         max_deliver=10,
     )
 
@@ -148,6 +151,7 @@ class _Run:
     incident_id: str
     saga_id: str
     events: list[Event]
+    lost: asyncio.Event = field(default_factory=asyncio.Event)  # the lease went to another
 
     @property
     def saga(self) -> Saga:
@@ -161,6 +165,7 @@ class Orchestrator:
     policy: Policy
     prometheus_url: str | None = None
     control: KeyValue | None = None  # the pause switch's bucket; None: only the policy's
+    leases: Leases | None = None  # None: the only orchestrator (no lease needed)
     clock: Callable[[], datetime] = wall_clock
     timing: Timing = field(default_factory=Timing)
 
@@ -176,13 +181,16 @@ class Orchestrator:
             await self.recommend(received.event, data)
             return
         waits = await self.advance(received.event.incident_id)
+        if BUSY in waits.values():  # its holder may be dead: look again once its term is over
+            term = self.leases.term if self.leases else 1.0
+            raise RedeliverLater(min(term * 2 ** (received.deliveries - 1), 600.0))
         wait = waits.get(data.saga_id) if isinstance(data, RemediationProposed) else None
         if wait is not None and wait.until is not None:  # the approval's expiry: a timer
             raise RedeliverLater(max((wait.until - self.clock()).total_seconds(), 0.0) + 0.05)
 
     async def advance(self, incident_id: str) -> dict[str, Wait]:
         """Take each saga of the incident as far as it goes now; returns what the ones that
-        wait are waiting for."""
+        wait are waiting for (BUSY: another orchestrator holds it)."""
         lock, users = self._locks.get(incident_id, (asyncio.Lock(), 0))
         self._locks[incident_id] = (lock, users + 1)
         try:
@@ -190,11 +198,13 @@ class Orchestrator:
                 events = [s.event for s in await incident_events(self.js, incident_id)]
                 waits: dict[str, Wait] = {}
                 for saga_id in saga_ids(events):
+                    saga = fold(events, saga_id)
                     run = _Run(incident_id, saga_id, events)
-                    wait = await self._move(run)
+                    if saga.rejected is not None or (saga.ended and not self._owed(run, saga)):
+                        continue  # over: no lease needed to know it
+                    wait = await self._advance_saga(incident_id, saga_id)
                     if wait is not None:
                         waits[saga_id] = wait
-                    events = run.events
                 return waits
         finally:
             lock, users = self._locks[incident_id]
@@ -202,6 +212,33 @@ class Orchestrator:
                 del self._locks[incident_id]
             else:
                 self._locks[incident_id] = (lock, users - 1)
+
+    async def _advance_saga(self, incident_id: str, saga_id: str) -> Wait | None:
+        while True:
+            async with self._holding(saga_id) as lost:
+                if lost is None:
+                    return BUSY
+                events = [s.event for s in await incident_events(self.js, incident_id)]
+                wait = await self._move(_Run(incident_id, saga_id, events, lost))
+            if self.leases is None:
+                return wait
+            # Given back. Did something come that the holder did not see (an approval, the
+            # pause lifting) while another orchestrator, finding it held, left it to us?
+            events = [s.event for s in await incident_events(self.js, incident_id)]
+            saga = fold(events, saga_id)
+            move = next_move(
+                saga, self.clock(), approval_expiry=self.policy.approval_expiry,
+                paused=await self._paused(), irreversible=self._irreversible(saga),
+            )  # fmt: skip
+            if isinstance(move, Done | Wait):
+                return wait
+
+    def _holding(
+        self, saga_id: str
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Event | None]:
+        if self.leases is None:
+            return contextlib.nullcontext(asyncio.Event())  # never lost
+        return self.leases.holding(saga_id)
 
     async def sweep(self) -> int:
         """Take up every saga not ended (at start, and when the pause lifts); how many
@@ -269,7 +306,20 @@ class Orchestrator:
     # -- the moves --------------------------------------------------------------------------
 
     async def _move(self, run: _Run) -> Wait | None:
+        try:
+            return await self._moves(run)
+        except _LostRace as lost:
+            log.info("saga %s: %s was recorded by another orchestrator: left to it", run.saga_id,
+                     lost)  # fmt: skip
+            return None
+
+    async def _moves(self, run: _Run) -> Wait | None:
         for _ in range(MAX_MOVES):
+            if run.lost.is_set():
+                log.error(
+                    "saga %s: its lease went to another orchestrator: left to it", run.saga_id
+                )
+                return None
             saga = run.saga
             paused = await self._paused()
             irreversible = self._irreversible(saga)
@@ -279,6 +329,7 @@ class Orchestrator:
             )  # fmt: skip
             match move:
                 case Done():
+                    await self._resolve(run, saga)
                     return None
                 case Wait():
                     return move
@@ -326,8 +377,8 @@ class Orchestrator:
                 return
         started = SagaStarted(saga_id=run.saga_id, steps=plan.steps, dry_run=dry_run,
                               services=sorted(set(plan.targets)))  # fmt: skip
-        if await self._append(run, started, "started"):
-            failpoint("saga.started")
+        await self._append(run, started, "started")
+        failpoint("saga.started")
 
     async def _over_rate(self, services: list[str]) -> str | None:
         now = self.clock()
@@ -354,8 +405,7 @@ class Orchestrator:
         key = idempotency_key(run.saga_id, i, attempt)
         started = SagaStepStarted(saga_id=run.saga_id, step=i, action=step.action,
                                   params=step.params, idempotency_key=key)  # fmt: skip
-        if not await self._append(run, started, f"step|{i}|{attempt}|started"):
-            return  # another orchestrator began it: its outcome will be read back
+        await self._append(run, started, f"step|{i}|{attempt}|started")
         failpoint("step.started")
         action = self.catalog.get(step.action)
         if action is None:
@@ -541,8 +591,7 @@ class Orchestrator:
                 saga_id=run.saga_id, step=i, action=undo[0].name if undo else step.action,
                 params=undo[1] if undo else {}, idempotency_key=key,
             )  # fmt: skip
-            if not await self._append(run, started, f"undo|{i}|{attempt}|started"):
-                return
+            await self._append(run, started, f"undo|{i}|{attempt}|started")
             failpoint("compensation.started")
         if undo is None:
             outcome = StepOutcome(False, error=error)
@@ -598,7 +647,18 @@ class Orchestrator:
             await self._append(run, SagaCompensated(saga_id=run.saga_id, reason=reason), "ended")
             return
         await self._append(run, SagaCompleted(saga_id=run.saga_id), "ended")
-        if saga.started.dry_run:
+        await self._resolve(run, run.saga)
+
+    def _owed(self, run: _Run, saga: Saga) -> bool:
+        """A saga completed for real resolves its incident: owed until that is in the stream
+        (the orchestrator may have died between the two)."""
+        if not isinstance(saga.ended, SagaCompleted) or saga.started is None:
+            return False
+        resolved = self._id(run, "resolved")
+        return not saga.started.dry_run and not any(e.id == resolved for e in run.events)
+
+    async def _resolve(self, run: _Run, saga: Saga) -> None:
+        if not self._owed(run, saga):
             return
         check = saga.verification.check if saga.verification else ""
         actions = ", ".join(s.action for s in saga.started.steps)
@@ -625,17 +685,24 @@ class Orchestrator:
             return frozenset()
         return frozenset(i for i, s in enumerate(saga.started.steps) if s.compensation is None)
 
-    async def _append(self, run: _Run, data: Payload, key: str) -> bool:
-        """Append the saga's event (its id from `key`); False when it was already there: then
-        another writer got there first, and the events are read again."""
-        event_id = uuid.uuid5(NAMESPACE, f"{run.incident_id}|{run.saga_id}|{key}")
-        event = new_event(data, incident_id=run.incident_id, source=SOURCE, event_id=event_id)
+    @staticmethod
+    def _id(run: _Run, key: str) -> uuid.UUID:
+        return uuid.uuid5(NAMESPACE, f"{run.incident_id}|{run.saga_id}|{key}")
+
+    async def _append(self, run: _Run, data: Payload, key: str) -> None:
+        """Append the saga's event (its id from `key`). Already there: another orchestrator
+        moved the saga meanwhile (possible without leases), so this one stops (_LostRace)."""
+        event = new_event(
+            data, incident_id=run.incident_id, source=SOURCE, event_id=self._id(run, key)
+        )
         ack = await self.publisher.publish(event)
         if ack.duplicate:
-            run.events = [s.event for s in await incident_events(self.js, run.incident_id)]
-            return False
+            raise _LostRace(key)
         run.events.append(event)
-        return True
+
+
+class _LostRace(Exception):
+    """An event this orchestrator meant to append was there already."""
 
 
 def _service(events: list[Event]) -> str | None:
@@ -736,7 +803,8 @@ async def run_orchestrator(
         await orchestrator.sweep()  # what was left open while no orchestrator ran
 
     background.append(asyncio.create_task(once_consuming()))
-    spec = orchestrator_spec(concurrency)
+    term = orchestrator.leases.term if orchestrator.leases else 6.0
+    spec = orchestrator_spec(concurrency, term)
     try:
         await consume(orchestrator.js, spec, orchestrator.handle, stop=stop, ready=consuming)
     finally:

@@ -102,7 +102,8 @@ def fold(events: list[Event], saga_id: str) -> Saga:
             case RemediationApproved():
                 saga.approved = saga.approved or data
             case RemediationRejected():
-                saga.rejected = saga.rejected or data
+                if saga.started is None:  # once started, only its own failure ends it
+                    saga.rejected = saga.rejected or data
             case SagaStarted():
                 if saga.started is None:
                     saga.started, saga.started_at = data, event.occurred_at

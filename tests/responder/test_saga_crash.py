@@ -98,9 +98,10 @@ async def test_killed_at_every_step_boundary_the_saga_ends_with_the_same_events_
         catalog = Catalog.model_validate(catalog_data)
         (tmp_path / "actions.yaml").write_text(yaml.safe_dump(catalog_data))
         (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy.model_dump()))
+        # A dead orchestrator's saga is taken over once its 1 s lease has run out.
         env = vigil_env(tmp_path / "data", nats_url=nats_server.url,
                         actions=str(tmp_path / "actions.yaml"),
-                        policy=str(tmp_path / "policy.yaml"))  # fmt: skip
+                        policy=str(tmp_path / "policy.yaml"), saga_lease_seconds="1")  # fmt: skip
         reference = await one_run(js, seen, env, deployer, catalog, policy, "inc-ref", None)
         kinds, calls, versions = reference
         assert kinds[-7:] == [

@@ -492,3 +492,27 @@ def test_the_incidents_signal_is_the_alerts_expr_or_the_detectors_fixed_line() -
     assert signal(above) == ("errors_ratio", "result <= 0.05")
     assert signal(below) == ("errors_ratio", "result >= 0.05")
     assert signal(zscore) is None  # no fixed line: only its resolution tells
+
+
+async def test_an_incident_resolution_owed_after_a_crash_is_appended_once(
+    js: JetStreamContext, deployer: Deployer
+) -> None:
+    """Died between SagaCompleted and IncidentResolved: the next look appends it, once."""
+    await append(js, anomaly("checkout"))
+    orch = orchestrator(js, deployer)
+    await proposed(js, orch, [step("checkout", "9", "note")])
+    await orch.advance("inc-1")
+    resolved = [e for e in await story(js) if isinstance(e.data, IncidentResolved)]
+    assert len(resolved) == 1
+    # The same story without the resolution, in a second incident: as if it died there.
+    for event in await story(js):
+        if not isinstance(event.data, IncidentResolved):
+            await append(js, event.data, "inc-2")
+    assert (await kinds(js, "inc-2"))[-1] == "SagaCompleted"
+    await orch.advance("inc-2")
+    await orch.advance("inc-2")
+    assert (await kinds(js, "inc-2"))[-2:] == ["SagaCompleted", "IncidentResolved"]
+    assert (
+        resolved[0].data.summary
+        == "note; recovery verified: nothing to verify: no step changed anything (noop)"
+    )
