@@ -405,6 +405,8 @@ async def run_saga_role(
     from responder.saga.pause import control_bucket
 
     catalog, policy = remediation_config(settings)
+    if settings.remediation_paused:
+        policy = policy.model_copy(update={"paused": True})
     async with bus(settings, url, "vigil-saga") as nc:
         js = nc.jetstream()
         replicas = settings.stream_replicas

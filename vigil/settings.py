@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         description="comma-separated Python modules, each with TOOLS = [Tool(...)]: tools of "
         "your own beside the built-in ones (docs/tools.md)",
     )
+    remediation_paused: bool = Field(
+        default=False, description="true: no remediation step starts (as `vigil pause`)"
+    )
     saga_lease_seconds: float = Field(
         default=6.0, ge=0.5, le=300,
         description="an orchestrator that dies mid-saga: another goes on after this long",

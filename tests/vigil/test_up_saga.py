@@ -3,6 +3,7 @@ proposed from the command line runs, and the read model shows the incident resol
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import yaml
 from vigil_cli_support import StartUp, run_vigil, vigil_env, wait_projected, watch_events
 
 from eventlog.envelope import new_event
+from eventlog.history import incident_events
 from eventlog.payloads import AnomalyDetected
 from eventlog.publisher import EventPublisher
 from eventlog.stream import connect
@@ -60,3 +62,35 @@ async def test_up_with_a_wrong_catalog_says_so_in_one_line_before_starting(tmp_p
     assert done.rc == 2 and len(done.err_lines) == 1, done.err
     assert done.err_lines[0].startswith("vigil: ") and "VIGIL_ACTIONS" in done.err
     assert "NATS" not in done.out  # nothing was started
+
+
+async def test_up_with_remediation_paused_by_setting_starts_no_step(
+    vigil_up: StartUp, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"services": {"search": {"low": "auto"}}}))
+    settings = {"actions": str(DEPLOY / "actions.yaml"), "policy": str(policy)}
+    up = await vigil_up(data, responder_enabled="false", remediation_paused="true", **settings)
+    runtime = await up.up()
+    nc = await connect(runtime.nats_url, name="vigil-test")
+    try:
+        fired = AnomalyDetected(origin="alertmanager", name="SearchSlow", fingerprint="f1",
+                                starts_at="2026-11-30T08:00:00Z", service="search")  # fmt: skip
+        await EventPublisher(nc.jetstream()).publish(
+            new_event(fired, incident_id="inc-1", source="test")
+        )
+        done = await run_vigil("propose", "inc-1", "note_in_runbook", "--param", "service=search",
+                               env=vigil_env(data, **settings))  # fmt: skip
+        assert done.rc == 0, done.err
+        js = nc.jetstream()
+        async with asyncio.timeout(15):  # the orchestrator has seen the plan and let it be
+            while True:
+                info = await js.consumer_info("VIGIL_EVENTS", "saga")
+                if info.delivered.stream_seq >= 2 and info.num_ack_pending == 0:
+                    break
+                await asyncio.sleep(0.05)  # consumer state: no event to await
+        types = [s.event.type for s in await incident_events(js, "inc-1")]
+    finally:
+        await nc.close()
+    assert types == ["AnomalyDetected", "RemediationProposed"]  # waiting for the pause to lift
