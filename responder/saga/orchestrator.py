@@ -105,6 +105,7 @@ DURABLE = "saga"
 NAMESPACE = uuid.UUID("4e0c2a91-7f3b-4d8e-b615-2c9a8d0f5e34")
 BUSY = Wait("another orchestrator holds it")
 MAX_MOVES = 256  # moves one delivery may make; a saga has a few per step
+MAX_TAKES = 8  # times one delivery takes a saga's lease again for what came meanwhile
 TRIGGERS = (
     "RemediationProposed",
     "RemediationApproved",
@@ -214,7 +215,8 @@ class Orchestrator:
                 self._locks[incident_id] = (lock, users - 1)
 
     async def _advance_saga(self, incident_id: str, saga_id: str) -> Wait | None:
-        while True:
+        wait: Wait | None = None
+        for _ in range(MAX_TAKES):
             async with self._holding(saga_id) as lost:
                 if lost is None:
                     return BUSY
@@ -232,6 +234,7 @@ class Orchestrator:
             )  # fmt: skip
             if isinstance(move, Done | Wait):
                 return wait
+        return wait  # moving still: the next event or sweep goes on
 
     def _holding(
         self, saga_id: str
