@@ -175,3 +175,9 @@ def test_a_pause_starts_nothing_new_but_lets_the_running_finish(
     assert move(proposed(), START, ok(0), ok(1), ok(2), paused=True) == Wait("paused")
     assert move(proposed(), *history, paused=True) == resumed
     assert move(proposed(), START, ok(0), failed(1), paused=True) == Wait("paused")
+
+
+def test_a_rejection_after_the_start_changes_nothing() -> None:
+    """Only a plan not yet started can be rejected; a running saga ends by its own steps."""
+    late = RemediationRejected(saga_id="s1", by="bob", reason="too late")
+    assert move(proposed(), START, started(0), ok(0), late) == RunStep(1, 1)
