@@ -1,18 +1,19 @@
 """Read models as pure folds: `fold_*(row, events) -> row`.
 
-Each row is what the events of one incident (or saga step; an investigation's attempts and
-tool calls are in eventlog/investigations.py) say so far; the projector loads the rows a batch
-touches, folds the batch's events into them and writes them back in the batch's transaction.
+Each row is what the events of one incident say so far (an investigation's attempts and tool
+calls are in eventlog/investigations.py, a remediation's sagas and steps in eventlog/sagas.py);
+the projector loads the rows a batch touches, folds the batch's events into them and writes
+them back in the batch's transaction.
 No row holds anything the stream cannot rebuild.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -23,21 +24,14 @@ from eventlog.payloads import (
     AnomalyResolved,
     AnomalyWithdrawn,
     ChangeRecorded,
-    CompensationFailed,
-    CompensationStarted,
-    CompensationSucceeded,
     IncidentAcknowledged,
     IncidentResolved,
     InvestigationStarted,
     RootCauseConcluded,
     SagaStarted,
-    SagaStepFailed,
-    SagaStepStarted,
-    SagaStepSucceeded,
     ToolRequested,
 )
 
-RowT = TypeVar("RowT")
 SEVERITY_RANK = {"critical": 3, "error": 2, "warning": 1, "info": 0}
 # Statuses only move forward, except that a new firing anomaly re-opens a resolved incident.
 STATUS_RANK = {"open": 0, "investigating": 1, "diagnosed": 2, "remediating": 3, "resolved": 4}
@@ -191,68 +185,6 @@ def _ends(s: dict[str, Any], fingerprint: str, starts_at: datetime) -> None:
         return  # an older firing's end, told after the newer one began
     del firing[i], since[i]
     s["firing"], s["firing_since"] = tuple(firing), tuple(since)
-
-
-@dataclass(frozen=True, slots=True)
-class SagaStepRow:
-    saga_id: str
-    step: int
-    incident_id: str
-    action: str
-    status: str
-    params: str | None = None
-    idempotency_key: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    compensated_at: datetime | None = None
-    error: str | None = None
-    output: str | None = None
-
-
-SAGA_STEP_EVENTS = (
-    SagaStepStarted,
-    SagaStepSucceeded,
-    SagaStepFailed,
-    CompensationStarted,
-    CompensationSucceeded,
-    CompensationFailed,
-)
-
-
-def fold_saga_step(row: SagaStepRow | None, events: Sequence[Event]) -> SagaStepRow:
-    """A saga step after `events` (all about it)."""
-    if row is None:
-        first = events[0].data
-        assert isinstance(first, SAGA_STEP_EVENTS)
-        row = SagaStepRow(first.saga_id, first.step, events[0].incident_id, first.action, "started")
-    return fold_changes(row, events, _saga_step_changes)
-
-
-def _saga_step_changes(event: Event) -> dict[str, Any]:
-    data, at = event.data, event.occurred_at
-    if isinstance(data, SagaStepStarted):
-        return {"status": "started", "params": as_json(data.params),
-                "idempotency_key": data.idempotency_key, "started_at": at}  # fmt: skip
-    if isinstance(data, SagaStepSucceeded):
-        return {"status": "succeeded", "finished_at": at, "output": as_json(data.output)}
-    if isinstance(data, SagaStepFailed):
-        return {"status": "failed", "finished_at": at, "error": data.error}
-    if isinstance(data, CompensationStarted):
-        return {"status": "compensating"}
-    if isinstance(data, CompensationSucceeded):
-        return {"status": "compensated", "compensated_at": at}
-    assert isinstance(data, CompensationFailed)
-    return {"status": "compensation_failed", "error": data.error}
-
-
-def fold_changes(
-    row: RowT, events: Sequence[Event], changes: Callable[[Event], dict[str, Any]]
-) -> RowT:
-    """Apply each event's changes to one mutable copy and build one row, not one per event."""
-    state = row_state(row)
-    for event in events:
-        state.update(changes(event))
-    return type(row)(**state)
 
 
 def row_state(row: Any) -> dict[str, Any]:

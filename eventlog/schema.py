@@ -64,13 +64,42 @@ CREATE TABLE IF NOT EXISTS saga_steps (
     params          JSON,
     idempotency_key VARCHAR,
     status          VARCHAR NOT NULL,
-    -- started|succeeded|failed|compensating|compensated|compensation_failed
+    -- started|succeeded|failed|compensating|compensated|compensation_failed|
+    -- compensation_escalated
     started_at      TIMESTAMPTZ,
     finished_at     TIMESTAMPTZ,
     compensated_at  TIMESTAMPTZ,
     error           VARCHAR,
     output          JSON,
     PRIMARY KEY (saga_id, step)
+);
+CREATE TABLE IF NOT EXISTS sagas (
+    saga_id               VARCHAR PRIMARY KEY,
+    incident_id           VARCHAR NOT NULL,
+    status                VARCHAR NOT NULL,
+    -- proposed|awaiting_approval|approved|running|verifying|compensating (on its way);
+    -- completed|compensated|rejected|escalated (its end)
+    actions               VARCHAR[] NOT NULL,  -- each step's action, in order
+    services              VARCHAR[] NOT NULL,  -- the services its steps touch (once started)
+    steps                 INTEGER NOT NULL,
+    mode                  VARCHAR,             -- auto|approval|dry_run
+    risk                  VARCHAR,
+    rationale             VARCHAR,
+    dry_run               BOOLEAN NOT NULL,
+    approved_by           VARCHAR,
+    approved_at           TIMESTAMPTZ,
+    rejected_by           VARCHAR,
+    reason                VARCHAR,             -- why it did not complete
+    proposed_at           TIMESTAMPTZ,
+    started_at            TIMESTAMPTZ,
+    ended_at              TIMESTAMPTZ,         -- when it reached its end
+    steps_succeeded       INTEGER NOT NULL,
+    failed_step           INTEGER,
+    steps_escalated       INTEGER NOT NULL,    -- compensations that failed every try
+    verification          VARCHAR,             -- passed|failed
+    verification_check    VARCHAR,
+    verification_observed DOUBLE,
+    measurements          INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS investigations (
     incident_id    VARCHAR NOT NULL,
@@ -134,6 +163,39 @@ CREATE OR REPLACE VIEW investigation_outcomes AS
            sum(cost) AS cost_usd,
            histogram(top_category) AS top_categories
     FROM investigations GROUP BY 1 ORDER BY investigations DESC, model;
+CREATE OR REPLACE VIEW remediations AS
+    SELECT s.saga_id, s.incident_id, i.service, i.title AS alert, i.root_cause,
+           s.actions, s.services, s.mode, s.risk, s.dry_run,
+           CASE
+               WHEN s.status = 'completed' AND s.dry_run THEN 'dry_run'
+               WHEN s.status = 'completed' AND s.verification = 'passed' THEN 'worked'
+               WHEN s.status = 'completed' THEN 'unverified'
+               WHEN s.status IN ('compensated', 'rejected', 'escalated') THEN s.status
+               ELSE 'in_progress'
+           END AS outcome,
+           s.status, s.reason, s.verification_check AS verified_by,
+           s.verification_observed AS observed, s.approved_by, s.rejected_by,
+           s.proposed_at, s.started_at, s.ended_at,
+           epoch(s.ended_at) - epoch(s.started_at) AS seconds
+    FROM sagas s LEFT JOIN incidents i USING (incident_id);
+CREATE OR REPLACE VIEW remediation_outcomes AS
+    WITH tried AS (
+        SELECT unnest(list_distinct(actions)) AS action, coalesce(service, 'unknown') AS service,
+               outcome, started_at, seconds, started_at IS NOT NULL AND NOT dry_run AS ran
+        FROM remediations
+    )
+    SELECT action, service,
+           count(*) FILTER (WHERE ran) AS tried,
+           count(*) FILTER (WHERE outcome = 'worked') AS worked,
+           count(*) FILTER (WHERE outcome = 'compensated') AS compensated,
+           count(*) FILTER (WHERE outcome = 'escalated') AS escalated,
+           count(*) FILTER (WHERE outcome = 'rejected') AS rejected,
+           round(count(*) FILTER (WHERE outcome = 'worked') / nullif(count(*) FILTER (
+               WHERE outcome IN ('worked', 'compensated', 'escalated')), 0), 3) AS worked_share,
+           round(median(seconds) FILTER (WHERE outcome = 'worked'), 1) AS median_seconds_to_work,
+           max(started_at) FILTER (WHERE ran) AS last_tried_at,
+           arg_max(outcome, started_at) FILTER (WHERE ran) AS last_outcome
+    FROM tried GROUP BY action, service ORDER BY tried DESC, action, service;
 """
 
 READ_MODEL_TABLES = (
@@ -141,6 +203,7 @@ READ_MODEL_TABLES = (
     "incidents",
     "investigations",
     "tool_calls",
+    "sagas",
     "saga_steps",
     "dead_letters",
 )
@@ -158,15 +221,29 @@ ALTER TABLE incidents ADD COLUMN IF NOT EXISTS root_cause_attempt INTEGER;
 -- which attempt of the investigation asked for it; the earlier call a reused result is from
 ALTER TABLE tool_calls ADD COLUMN IF NOT EXISTS attempt INTEGER;
 ALTER TABLE tool_calls ADD COLUMN IF NOT EXISTS reused_from VARCHAR;
+-- the compensating action a step was undone with, its params and key, and how many tries
+ALTER TABLE saga_steps ADD COLUMN IF NOT EXISTS compensation_action VARCHAR;
+ALTER TABLE saga_steps ADD COLUMN IF NOT EXISTS compensation_params JSON;
+ALTER TABLE saga_steps ADD COLUMN IF NOT EXISTS compensation_key VARCHAR;
+ALTER TABLE saga_steps ADD COLUMN IF NOT EXISTS compensation_attempts INTEGER;
 """
 
 
-def create_schema(con: duckdb.DuckDBPyConnection) -> None:
+def create_schema(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
+    """Make the tables, columns and views a file lacks; returns the tables it made (every one,
+    for a new file)."""
+    before = _tables(con)
     con.execute(TABLES)
     con.execute(ADDED_COLUMNS)
     con.execute(
         "INSERT OR IGNORE INTO projector_meta VALUES ('db_id', replace(uuid()::VARCHAR, '-', ''))"
     )
+    return frozenset(_tables(con) - before)
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    found = con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'")
+    return {name for (name,) in found.fetchall()}
 
 
 def database_id(con: duckdb.DuckDBPyConnection) -> str:

@@ -4,16 +4,18 @@ are written in one transaction, so a crash at any point neither loses nor double
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from eventlog.deadletter import DeadLetter
-from eventlog.envelope import Event
+from eventlog.envelope import Event, MalformedEvent, parse_event
 from eventlog.investigations import (
     INVESTIGATION_EVENTS,
     TOOL_EVENTS,
@@ -22,15 +24,19 @@ from eventlog.investigations import (
     fold_investigation,
     fold_tool_call,
 )
-from eventlog.readmodels import (
+from eventlog.readmodels import IncidentRow, fold_incident
+from eventlog.rowtable import Key, Row, RowTable
+from eventlog.sagas import (
+    SAGA_EVENTS,
     SAGA_STEP_EVENTS,
-    IncidentRow,
+    SagaRow,
     SagaStepRow,
-    fold_incident,
+    fold_saga,
     fold_saga_step,
 )
-from eventlog.rowtable import Key, Row, RowTable
 from eventlog.schema import create_schema, database_id
+
+log = logging.getLogger(__name__)
 
 ENVELOPE_SHAPE = (
     '{"id": "UUID", "type": "VARCHAR", "incident_id": "VARCHAR", "occurred_at": "TIMESTAMPTZ",'
@@ -46,6 +52,13 @@ FROM (SELECT seq, from_json(raw, '{ENVELOPE_SHAPE}') AS e FROM staged_events)
 RETURNING seq
 """
 
+ENVELOPE_FIELDS = ("id", "type", "incident_id", "occurred_at", "source", "causation_id",
+                   "correlation_id", "schema_version", "data")  # fmt: skip
+STORED_EVENTS = f"""
+SELECT seq, {", ".join(ENVELOPE_FIELDS)} FROM events
+WHERE type IN (SELECT unnest(?::VARCHAR[])) ORDER BY seq
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
@@ -59,12 +72,15 @@ class StoredMessage:
 
 def open_database(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open with file and network access off: queries can read only Vigil's own tables."""
-    config = {"enable_external_access": False}
-    if read_only:
-        return duckdb.connect(str(path), read_only=True, config=config)
-    con = duckdb.connect(str(path), config=config)
-    create_schema(con)
+    con = _connect(path, read_only=read_only)
+    if not read_only:
+        create_schema(con)
     return con
+
+
+def _connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    config = {"enable_external_access": False}
+    return duckdb.connect(str(path), read_only=read_only, config=config)
 
 
 class ProjectionStore:
@@ -73,15 +89,19 @@ class ProjectionStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.con = open_database(path)
-        self.db_id = database_id(self.con)
         self.incidents = RowTable("incidents", IncidentRow, ("incident_id",))
         self.tool_calls = RowTable("tool_calls", ToolCallRow, ("incident_id", "tool_call_id"))
+        self.sagas = RowTable("sagas", SagaRow, ("saga_id",))
         self.saga_steps = RowTable("saga_steps", SagaStepRow, ("saga_id", "step"))
         self.investigations = RowTable(
             "investigations", InvestigationRow, ("incident_id", "attempt")
         )
-        self.tables = (self.incidents, self.investigations, self.tool_calls, self.saga_steps)
+        self.tables = (
+            self.incidents, self.investigations, self.tool_calls, self.sagas, self.saga_steps
+        )  # fmt: skip
+        self.con = _connect(path, read_only=False)
+        self._create_schema()
+        self.db_id = database_id(self.con)
         # Mirrors projector_checkpoints, updated only after a commit: cheap to read from any task.
         self._last_seq = dict(
             self.con.execute("SELECT stream, last_seq FROM projector_checkpoints").fetchall()
@@ -145,6 +165,37 @@ class ProjectionStore:
         finally:
             cur.close()
 
+    def _create_schema(self) -> None:
+        """What the file lacks, in one transaction with the rows a new table is owed, so a
+        crash cannot leave a new table made but never filled."""
+        self.con.begin()
+        try:
+            created = create_schema(self.con)
+            if "sagas" in created and "events" not in created:
+                self._fold_sagas_told_before()
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            self.sagas.rolled_back()
+            raise
+        self.sagas.committed()
+
+    def _fold_sagas_told_before(self) -> None:
+        """A file made before the `sagas` table holds the saga events it was told then: fold
+        them now, so past remediations are there without a replay (only `sagas` is new; the
+        other tables were folded as the events came)."""
+        types = [t.__name__ for t in SAGA_EVENTS]
+        stored = self.con.execute(STORED_EVENTS, [types]).fetchall()
+        events = []
+        for seq, *values in stored:
+            envelope = dict(zip(ENVELOPE_FIELDS, values, strict=True))
+            try:
+                events.append(parse_event({**envelope, "data": orjson.loads(envelope["data"])}))
+            except MalformedEvent as exc:  # as a replay would, it leaves out what it cannot read
+                log.error("stored event at seq %d not folded into sagas: %s", seq, exc.reason)
+        sagas = _group(events, SAGA_EVENTS, lambda e: (e.data.saga_id,))
+        _fold_rows(self.con, self.sagas, sagas, fold_saga)
+
     def _checkpoint(self, cur: duckdb.DuckDBPyConnection, stream: str, seq: int) -> None:
         cur.execute("INSERT OR REPLACE INTO projector_checkpoints VALUES (?, ?)", [stream, seq])
 
@@ -168,8 +219,10 @@ class ProjectionStore:
         _fold_rows(cur, self.investigations, attempts, fold_investigation)
         tools = _group(events, TOOL_EVENTS, lambda e: (e.incident_id, e.data.tool_call_id))
         _fold_rows(cur, self.tool_calls, tools, fold_tool_call)
-        sagas = _group(events, SAGA_STEP_EVENTS, lambda e: (e.data.saga_id, e.data.step))
-        _fold_rows(cur, self.saga_steps, sagas, fold_saga_step)
+        sagas = _group(events, SAGA_EVENTS, lambda e: (e.data.saga_id,))
+        _fold_rows(cur, self.sagas, sagas, fold_saga)
+        steps = _group(events, SAGA_STEP_EVENTS, lambda e: (e.data.saga_id, e.data.step))
+        _fold_rows(cur, self.saga_steps, steps, fold_saga_step)
 
 
 def _fold_rows(

@@ -317,6 +317,9 @@ async def test_replay_rebuilds_the_same_rows(js: JetStreamContext, tmp_path: Pat
         ("concluded", 2),
         ("running", 500),
     ]
+    assert rows(rebuilt, "SELECT saga_id, status, verification FROM sagas") == [
+        ("saga-1", "completed", "passed")
+    ]
     assert rows(rebuilt, "SELECT last_seq FROM projector_checkpoints ORDER BY stream") == rows(
         live, "SELECT last_seq FROM projector_checkpoints ORDER BY stream"
     )

@@ -127,7 +127,7 @@ async def test_reading_a_file_is_refused_as_such(
 ) -> None:
     expected = (
         f"reading files is not allowed: {name!r} is a file or URL, not one of Vigil's tables "
-        "(events, incidents, investigations, tool_calls, saga_steps, dead_letters, ...)"
+        "(events, incidents, investigations, tool_calls, sagas, saga_steps, dead_letters, ...)"
     )
     with pytest.raises(SqlRefused) as caught:
         run_read_only(store.con, sql)

@@ -100,6 +100,7 @@ def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
                 "SELECT * FROM tool_calls ORDER BY incident_id, tool_call_id"
             ).fetchall(),
             "saga_steps": con.execute("SELECT * FROM saga_steps ORDER BY saga_id, step").fetchall(),
+            "sagas": con.execute("SELECT * FROM sagas ORDER BY saga_id").fetchall(),
             "investigations": con.execute(
                 "SELECT * FROM investigations ORDER BY incident_id, attempt"
             ).fetchall(),
@@ -464,7 +465,7 @@ async def test_replay_rebuilds_the_file_from_the_stream(
     before = snapshot(db)
     n = settled.events
     assert len(before["events"]) == n and len(before["incidents"]) == 3
-    assert len(before["saga_steps"]) == 1
+    assert len(before["saga_steps"]) == 1 and len(before["sagas"]) == 1
     assert len(before["investigations"]) == 3  # the resolved incident's, and the responder's two
     assert len(before["tool_calls"]) == 3 + 2 * 5  # the resolved incident's, and five of each
 
