@@ -1,11 +1,16 @@
 """`similar_incidents`: past incidents of the same alert or service, what was found to cause
-them and how they ended, from the DuckDB read model.
+them, how they ended and which remediations were tried on them and with what outcome, from the
+DuckDB read model.
 
 A worker holds no DuckDB file: it asks the projector's SQL service over NATS on its
 well-known subject (`eventlog.sql_service.request_read_model`). The query takes `*` and the
 tool keeps the columns it knows that are there, so a read model with more columns (the root
 cause's service and summary) is told without a change here. Values are bound as SQL string
 literals with their quotes doubled (the SQL service takes one plain statement).
+
+The remediations come from a second query, of the `remediations` view. A read model served by
+a Vigil older than that view tells incidents without them: the key is left out (unknown), not
+given empty (nothing tried).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from eventlog.sql import SqlError
 from eventlog.sql_service import request_read_model
 from responder.tools import Tool, ToolContext
 
@@ -25,6 +31,7 @@ TOLD_COLUMNS = (
     "resolution", "root_cause", "root_cause_confidence", "root_cause_service",
     "root_cause_summary",
 )  # fmt: skip
+NO_REMEDIATIONS_VIEW = "remediations does not exist"  # DuckDB's word for a missing view
 
 
 class SimilarArgs(BaseModel):
@@ -68,16 +75,66 @@ def similar_sql(incident_id: str, now: datetime, args: SimilarArgs) -> str:
     )
 
 
+def remediations_sql(incident_ids: list[str], now: datetime) -> str:
+    """The remediations of these incidents proposed (or refused) before `now`, oldest first."""
+    ids = ", ".join(literal(i) for i in incident_ids)
+    began = "coalesce(proposed_at, started_at, ended_at)"
+    return (
+        "SELECT incident_id, saga_id, actions, services, outcome, reason, verified_by, "
+        f"observed, started_at, ended_at, seconds FROM remediations "
+        f"WHERE incident_id IN ({ids}) AND {began} < {literal(now.isoformat())}::TIMESTAMPTZ "
+        f"ORDER BY {began}, saga_id"
+    )
+
+
 async def similar_incidents(ctx: ToolContext, args: SimilarArgs) -> dict[str, Any]:
-    """At most `limit` past incidents like this one, newest first."""
+    """At most `limit` past incidents like this one, newest first:
+    `{"incidents": [{"incident_id", "title", ..., "matched": ["service", "alert"],
+    "remediations": [{"saga_id", "actions", "services", "outcome", "reason", "verified_by",
+    "observed", "minutes"}]}], "more": bool}` (`outcome` as the `remediations` view tells it,
+    as of `now`)."""
     result = await request_read_model(
         ctx.nc, similar_sql(ctx.incident_id, ctx.now, args), timeout=SQL_TIMEOUT
     )
     rows = result.records()
-    return {
-        "incidents": [_told(row, ctx.now) for row in rows[: args.limit]],
-        "more": len(rows) > args.limit,
-    }
+    incidents = [_told(row, ctx.now) for row in rows[: args.limit]]
+    if incidents:
+        tried = await _remediations(ctx, [i["incident_id"] for i in incidents])
+        if tried is not None:
+            for incident in incidents:
+                incident["remediations"] = tried.get(incident["incident_id"], [])
+    return {"incidents": incidents, "more": len(rows) > args.limit}
+
+
+async def _remediations(
+    ctx: ToolContext, incident_ids: list[str]
+) -> dict[str, list[dict[str, Any]]] | None:
+    """Each incident's remediations, oldest first; None: the read model has none to tell."""
+    try:
+        result = await request_read_model(
+            ctx.nc, remediations_sql(incident_ids, ctx.now), timeout=SQL_TIMEOUT
+        )
+    except SqlError as exc:
+        if NO_REMEDIATIONS_VIEW in str(exc):
+            return None
+        raise
+    tried: dict[str, list[dict[str, Any]]] = {}
+    for row in result.records():
+        tried.setdefault(row["incident_id"], []).append(_remediation(row, ctx.now))
+    return tried
+
+
+def _remediation(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """One remediation as of `now`: one whose end is later is still in progress then."""
+    told = {key: row[key] for key in ("saga_id", "actions", "services", "outcome", "reason",
+                                      "verified_by", "observed")}  # fmt: skip
+    seconds = row["seconds"]
+    told["minutes"] = None if seconds is None else round(seconds / 60, 1)
+    ended = _time(row["ended_at"])
+    if ended is not None and ended > now:
+        told.update(outcome="in_progress", reason=None, verified_by=None, observed=None,
+                    minutes=None)  # fmt: skip
+    return told
 
 
 def _told(row: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -100,7 +157,8 @@ def _time(value: Any) -> datetime | None:
 SIMILAR_INCIDENTS = Tool(
     name="similar_incidents",
     description="Past incidents of the same service or alert name, newest first: their root "
-    "cause, status and how they ended.",
+    "cause, status, how they ended, and each remediation tried (its actions and outcome: "
+    "worked, compensated, escalated, rejected, ...).",
     args=SimilarArgs,
     run=similar_incidents,
 )
