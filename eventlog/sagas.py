@@ -121,7 +121,8 @@ def _apply_saga(s: dict[str, Any], event: Event) -> None:
                      dry_run=plan.mode == "dry_run", proposed_at=at)  # fmt: skip
         case RemediationApproved() as yes if s["approved_by"] is None:
             s.update(approved_by=yes.by, approved_at=at)
-        case RemediationRejected() as no if s["status"] not in ENDS:
+        case RemediationRejected() as no if s["started_at"] is None and s["status"] not in ENDS:
+            # once started, only its own failure ends it (as responder/saga/progress.py reads it)
             s.update(status="rejected", rejected_by=no.by, reason=no.reason or None, ended_at=at)
         case SagaStarted() as started if s["started_at"] is None:  # a second start is a copy
             s.update(actions=tuple(step.action for step in started.steps),

@@ -139,9 +139,10 @@ async def test_a_saga_s_status_after_each_of_its_events(
 async def test_the_first_of_a_fact_told_twice_counts_as_the_orchestrator_reads_it(
     js: JetStreamContext, db_path: Path
 ) -> None:
-    """responder/saga/progress.py keeps the first start, approval, verdict and failed step,
-    and an end stays an end."""
-    story = [e for e in remediation_story() if e.incident_id in ("inc-a", "inc-b", "inc-c")]
+    """responder/saga/progress.py keeps the first start, approval, verdict and failed step; an
+    end stays an end, and a rejection after the start changes nothing."""
+    told = ("inc-a", "inc-b", "inc-c", "inc-d", "inc-f")
+    story = [e for e in remediation_story() if e.incident_id in told]
     again = Teller("inc-a", 0)
     again(7, SagaStarted(saga_id="sa-1", steps=[rollback()], services=["checkout"]))
     again(7, RemediationApproved(saga_id="sa-1", by="bob"))
@@ -149,7 +150,11 @@ async def test_the_first_of_a_fact_told_twice_counts_as_the_orchestrator_reads_i
     again(7, RemediationRejected(saga_id="sa-1", by="carol", reason="too late"))
     again.ran(7, "sb-1", 0, rollback(), ok=False)
     again(7, VerificationPassed(saga_id="sc-1", check="later"))
-    await project(js, db_path, story, again.events)
+    running = Teller("inc-f", 500)
+    running(3, RemediationRejected(saga_id="sf-1", by="dan", reason="stop"))  # after its start
+    refused = Teller("inc-d", 300)
+    refused(5, RemediationRejected(saga_id="sd-1", by="eve", reason="no"))  # rejected already
+    await project(js, db_path, story, again.events + running.events + refused.events)
     sagas = saga_rows(db_path)
     sa1 = sagas["sa-1"]
     assert (sa1["started_at"], sa1["approved_by"], sa1["approved_at"]) == (t(3), "alice", t(2))
@@ -158,6 +163,9 @@ async def test_the_first_of_a_fact_told_twice_counts_as_the_orchestrator_reads_i
     assert (sa1["rejected_by"], sa1["reason"], sa1["ended_at"]) == (None, None, t(6.5))
     assert (sagas["sb-1"]["failed_step"], sagas["sb-1"]["reason"]) == (1, "step 1 failed: quota")
     assert (sagas["sc-1"]["verification"], sagas["sc-1"]["verification_check"]) == ("failed", P99)
+    assert (sagas["sd-1"]["rejected_by"], sagas["sd-1"]["ended_at"]) == ("bob", t(303))
+    sf1 = sagas["sf-1"]
+    assert (sf1["status"], sf1["rejected_by"], sf1["ended_at"]) == ("running", None, None)
 
 
 async def test_saga_steps_keep_the_compensation_and_its_escalation(
