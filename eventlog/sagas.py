@@ -134,8 +134,8 @@ def _apply_saga(s: dict[str, Any], event: Event) -> None:
             reason = f"step {failed.step} ({failed.action}) failed: {failed.error}"
             s.update(failed_step=failed.step, reason=reason)
         case CompensationEscalated() as gave_up:
-            undone = f"step {gave_up.step} ({gave_up.action}) not undone after "
-            undone += f"{gave_up.attempts} tries: {gave_up.error}"
+            undone = f"step {gave_up.step} not undone after {gave_up.attempts} tries of "
+            undone += f"{gave_up.action}: {gave_up.error}"
             reason = f"{s['reason']}; {undone}" if s["reason"] else undone
             s.update(steps_escalated=s["steps_escalated"] + 1, reason=reason, ended_at=at)
         case VerificationMeasured():

@@ -636,10 +636,10 @@ class Orchestrator:
 
     async def _escalate(self, run: _Run, saga: Saga, i: int) -> None:
         comp = saga.compensations[i]
-        step = saga.steps[i].succeeded
-        assert step is not None
-        escalated = CompensationEscalated(
-            saga_id=run.saga_id, step=i, action=step.action, attempts=comp.failures,
+        tried = [e.data.action for e in run.events if isinstance(e.data, CompensationStarted)
+                 and e.data.saga_id == run.saga_id and e.data.step == i]  # fmt: skip
+        escalated = CompensationEscalated(  # `action`: the compensation, as its other events
+            saga_id=run.saga_id, step=i, action=tried[-1], attempts=comp.failures,
             error=comp.last_error,
         )  # fmt: skip
         await self._append(run, escalated, f"undo|{i}|escalated")

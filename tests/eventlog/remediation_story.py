@@ -133,7 +133,7 @@ def _escalated() -> Teller:
     t(4, VerificationFailed(saga_id="sc-1", check=P99, observed=2.4,
                             reason="1 of 1 measurements failed"))  # fmt: skip
     t.undo(5, "sc-1", 0, "restore_replicas", tries=3, ok=False)
-    esc = CompensationEscalated(saga_id="sc-1", step=0, action="restart", attempts=3,
+    esc = CompensationEscalated(saga_id="sc-1", step=0, action="restore_replicas", attempts=3,
                                 error="404: no such deployment")  # fmt: skip
     return t(8, esc)
 

@@ -69,8 +69,10 @@ async def test_a_saga_is_one_row_of_how_it_went_and_ended(
     sc1 = sagas["sc-1"]
     assert (sc1["verification"], sc1["verification_observed"], sc1["steps_escalated"]) == (
         "failed", 2.4, 1)  # fmt: skip
-    assert sc1["reason"] == ("verification failed: 1 of 1 measurements failed; step 0 (restart) "
-                             "not undone after 3 tries: 404: no such deployment")  # fmt: skip
+    assert sc1["reason"] == (
+        "verification failed: 1 of 1 measurements failed; step 0 not undone after 3 tries of "
+        "restore_replicas: 404: no such deployment"
+    )
     assert sc1["ended_at"] == t(208)  # the escalation: Vigil can do no more
     sd1, sd2 = sagas["sd-1"], sagas["sd-2"]
     assert (sd1["rejected_by"], sd1["reason"], sd1["started_at"], sd1["ended_at"]) == (

@@ -89,7 +89,7 @@ async def test_how_each_saga_ended_is_told_to_the_next_investigation(
     assert (undone["outcome"], undone["services"]) == ("compensated", ["checkout", "search"])
     assert undone["reason"].startswith("step 1 failed: 422: ")
     assert escalated["outcome"] == "escalated"
-    assert "step 0 (flip) not undone after 3 tries: 404" in escalated["reason"]
+    assert "step 0 not undone after 3 tries of unflip: 404" in escalated["reason"]
     assert (rejected["outcome"], rejected["reason"], rejected["services"]) == (
         "rejected", "not during the sale", [])  # fmt: skip
 

@@ -399,6 +399,7 @@ async def test_a_compensation_that_keeps_failing_is_escalated_and_never_forgotte
     ]  # fmt: skip
     escalated = [e.data for e in await story(js) if isinstance(e.data, CompensationEscalated)]
     assert len(escalated) == 1 and escalated[0].attempts == 3
+    assert escalated[0].action == "unflip"  # the compensation that failed, as its other events
     assert escalated[0].error.startswith("404: ")
     assert "SagaCompensated" not in kinds_seen  # not over: a person must act
     assert isinstance(next(iter((await orch.advance("inc-1")).values())), Wait)
