@@ -53,6 +53,7 @@ bench: packages-bench $(STAMP)
 	$(BIN)/python -m bench.eventlog
 	$(BIN)/python -m bench.webhook
 	$(BIN)/python -m bench.responder
+	$(BIN)/python -m bench.saga
 
 clean:
 	rm -rf $(VENV) .vigil .pytest_cache .ruff_cache
