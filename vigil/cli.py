@@ -733,12 +733,13 @@ def demo(
         bool | None,
         typer.Option(
             "--stay/--no-stay",
-            help="after the report, keep everything running until Ctrl-C; "
-            "default: when the output is a terminal",
+            help="after the report and the remediations, keep everything running until "
+            "Ctrl-C; default: when the output is a terminal",
         ),
     ] = None,
 ) -> None:
-    """A real incident: the shop, Prometheus, Alertmanager and every role of `vigil up`."""
+    """A real incident and its remediation: the shop, Prometheus, Alertmanager and every role
+    of `vigil up`."""
     from vigil.demo import Demo, DemoError, Interrupted, Teller, fresh_data_dir
     from vigil.servers import ServerError, binary
 

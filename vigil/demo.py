@@ -1,14 +1,17 @@
 """`vigil demo`: a real incident, end to end, told as the pipeline lives it.
 
-It runs the embedded NATS and every role of `vigil up` (the same roles, the same supervisor), a
-real Prometheus and Alertmanager (Debian's), and the demo shop (vigil/shop.py) with traffic.
-After a baseline of healthy traffic it deploys a harmless release of a service off the path,
-then a broken release of checkout (each recorded as `ChangeRecorded`, as a CD pipeline would),
-through the shop's admin endpoint. What follows is nobody's script: Prometheus sees the errors
-and fires the alert rules of deploy/demo/alerts.yml, Alertmanager notifies Vigil's webhook,
-the responder investigates with tools that query that Prometheus. The demo only tells what
-appears on the stream (an ordered consumer from where the demo began), and ends once every
-incident it saw opened has its report, or stays up until Ctrl-C when asked to.
+It runs the embedded NATS and every role of `vigil up` (the same roles, the same supervisor, the
+saga orchestrator among them), a real Prometheus and Alertmanager (Debian's), and the demo shop
+(vigil/shop.py) with traffic. After a baseline of healthy traffic it deploys a harmless release
+of a service off the path, then a broken release of checkout (each recorded as
+`ChangeRecorded`, as a CD pipeline would), through the shop's admin endpoint. What follows is
+nobody's script: Prometheus sees the errors and fires the alert rules of
+deploy/demo/alerts.yml, Alertmanager notifies Vigil's webhook, the responder investigates with
+tools that query that Prometheus. Then two acts of remediation (vigil/demo_acts.py): the
+report's remedy run, verified and the incident resolved; a plan that cannot help, undone in
+reverse. The demo only tells what appears on the stream (an ordered consumer from where the
+demo began), and ends once both acts are told and every incident it saw opened has its
+report, or stays up until Ctrl-C when asked to.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import json
 import secrets
 import shutil
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,25 +32,17 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import SecretStr
-from rich.console import Console
-from rich.markup import escape
 
-from eventlog.envelope import Event, MalformedEvent, new_event, parse_event
-from eventlog.payloads import (
-    AnomalyDetected,
-    ChangeRecorded,
-    InvestigationStarted,
-    RootCauseConcluded,
-    ToolCompleted,
-    ToolFailed,
-    ToolRequested,
-)
+from eventlog.envelope import new_event
+from eventlog.payloads import ChangeRecorded
 from eventlog.publisher import EventPublisher
 from eventlog.stream import EVENTS_STREAM
+from responder.saga.catalog import load_catalog
 from vigil.app import broker, bus
+from vigil.demo_acts import act_one, act_two, versions, write_catalog
+from vigil.demo_story import DemoError, Story, Teller
 from vigil.servers import ServerProcess, alertmanager, free_port, prometheus
 from vigil.settings import Settings
 from vigil.shop import Shop, generate_traffic, running_shop
@@ -58,9 +52,13 @@ T = TypeVar("T")
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "deploy" / "demo"
 MARKER = "demo.json"  # in the data dir: its data is a demo's, which the next demo replaces
+CATALOG = "actions.yaml"  # in the data dir: deploy/demo/actions.yaml with the shop's address
 BASELINE_SECONDS = 35.0  # healthy traffic before the broken release
 INNOCENT_LEAD_SECONDS = 10.0  # the harmless deploy comes this long before the broken one
 ALERT_WAIT_SECONDS = 120.0  # no report this long after the broken release: the demo failed
+# An alert that fires again this long after its last firing began is a new incident: act two's
+# frontend alert begins some 25 s after act one's, and is an incident of its own.
+CORRELATION_SECONDS = 5.0
 TRAFFIC_RATE = 20.0  # requests per second to the frontend
 INNOCENT = ("search", "0.9.1")
 BROKEN = ("checkout", "1.5.0")
@@ -72,148 +70,14 @@ QUERIES = {
     "round(duration_ms) AS ms FROM tool_calls ORDER BY requested_at",
     "each investigation": "SELECT incident_id, attempt, status, round(duration_ms) AS ms, "
     "model_requests, tool_calls, top_category, top_service FROM investigations",
+    "each remediation step": "SELECT saga_id, step, action, params->>'service' AS service, "
+    "params->>'version' AS version, status FROM saga_steps ORDER BY started_at",
     "every event, in order": "SELECT seq, type, incident_id, occurred_at FROM events ORDER BY seq",
 }
 
 
-class DemoError(Exception):
-    """The demo cannot go on; the message says why, in one line."""
-
-
 class Interrupted(Exception):
     """Ctrl-C (or SIGTERM) before the demo was done."""
-
-
-# -- telling ------------------------------------------------------------------------------------
-
-
-class Teller:
-    """Where the story goes: a terminal (rich: colours, a spinner on what is awaited) or plain
-    lines (a pipe, CI), each line prefixed with the seconds since the demo began."""
-
-    def __init__(self, console: Console, *, live: bool) -> None:
-        self.console = console
-        self.live = live
-        self.began = time.monotonic()
-        self._status = console.status("") if live else None
-
-    def say(self, text: str, style: str = "") -> None:
-        stamp = f"+{time.monotonic() - self.began:5.1f}s "
-        if self.live:
-            styled = f"[dim]{stamp}[/]" + (f"[{style}]" if style else "") + escape(text)
-            self.console.print(styled, highlight=False)
-        else:
-            print(stamp + text, flush=True)
-
-    def plain(self, text: str, style: str = "") -> None:
-        """A line without a time stamp (a report's details, the queries)."""
-        if self.live:
-            self.console.print((f"[{style}]" if style else "") + escape(text), highlight=False)
-        else:
-            print(text, flush=True)
-
-    def waiting(self, text: str | None) -> None:
-        """What the demo waits for (a spinner on a terminal; nothing in plain lines)."""
-        if self._status is None:
-            return
-        if text is None:
-            self._status.stop()
-        else:
-            self._status.update(escape(text))
-            self._status.start()
-
-
-@dataclass
-class Story:
-    """What the stream has told so far, and whether the incident is told to its end: every
-    incident that opened (the broken service's among them) has its report."""
-
-    teller: Teller
-    broken: str
-    services: dict[str, str] = field(default_factory=dict)  # incident -> service
-    investigating: set[str] = field(default_factory=set)
-    concluded: dict[str, RootCauseConcluded] = field(default_factory=dict)
-    tools: dict[tuple[str, str], str] = field(default_factory=dict)  # (incident, call) -> tool
-    told: asyncio.Event = field(default_factory=asyncio.Event)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def on_message(self, msg: Msg) -> None:
-        try:
-            event = parse_event(msg.data)
-        except MalformedEvent:
-            return  # the projector dead-letters it; nothing to tell
-        self.tell(event)
-        self.changed.set()
-        broken = [i for i, s in self.services.items() if s == self.broken]
-        if any(i in self.concluded for i in broken) and self.investigating <= set(self.concluded):
-            self.told.set()
-
-    def _who(self, incident: str) -> str:
-        service = self.services.get(incident)
-        return f"{incident} ({service})" if service else incident
-
-    def _tag(self, incident: str) -> str:
-        """`checkout: `: whose investigation a tool call is (several run at once)."""
-        return f"{self.services.get(incident, incident)}: "
-
-    def tell(self, event: Event) -> None:
-        say, data, incident = self.teller.say, event.data, event.incident_id
-        if isinstance(data, ChangeRecorded):
-            say(f"change   {data.service}: {data.description} (ChangeRecorded)", "magenta")
-        elif isinstance(data, AnomalyDetected):
-            if data.service and incident not in self.services:
-                self.services[incident] = data.service
-            what = data.annotations.get("summary") or f"value {data.value}"
-            say(
-                f"alert    {data.name} firing on {data.service}: {what} "
-                f"(AnomalyDetected from {data.origin}, incident {incident})",
-                "bold red",
-            )
-        elif isinstance(data, InvestigationStarted):
-            self.investigating.add(incident)
-            onset = data.onset.strftime("%H:%M:%S") if data.onset else "unknown"
-            say(
-                f"investigation of {self._who(incident)}: attempt {data.attempt} with "
-                f"{data.model}, onset {onset} (InvestigationStarted)",
-                "cyan",
-            )
-        elif isinstance(data, ToolRequested):
-            self.tools[(incident, data.tool_call_id)] = data.tool_name
-            args = json.dumps(data.args, separators=(",", ":"))
-            say(f"tool     {self._tag(incident)}{data.tool_name} {args} started "
-                f"[{data.tool_call_id}] (ToolRequested)")  # fmt: skip
-        elif isinstance(data, ToolCompleted):
-            how = f"reused {data.reused_from}" if data.reused_from else f"{data.duration_ms:.0f} ms"
-            say(f"tool     {self._tag(incident)}{data.tool_name} completed in {how} "
-                f"[{data.tool_call_id}] (ToolCompleted)", "green")  # fmt: skip
-        elif isinstance(data, ToolFailed):
-            why = "timed out" if data.timed_out else data.error.splitlines()[0][:160]
-            say(f"tool     {self._tag(incident)}{data.tool_name} failed after "
-                f"{data.duration_ms:.0f} ms: {why} [{data.tool_call_id}] (ToolFailed)",
-                "yellow")  # fmt: skip
-        elif isinstance(data, RootCauseConcluded):
-            self.concluded[incident] = data
-            self.tell_report(incident, data)
-
-    def tell_report(self, incident: str, concluded: RootCauseConcluded) -> None:
-        report, plain = concluded.report, self.teller.plain
-        self.teller.say(
-            f"report   {self._who(incident)}: {report.summary} (RootCauseConcluded, attempt "
-            f"{concluded.attempt}{', partial' if report.partial else ''})",
-            "bold",
-        )
-        for rank, h in enumerate(report.hypotheses, 1):
-            style = "bold green" if rank == 1 else ""
-            plain(f"    {rank}. {h.category} of {h.service or 'no service'}, confidence "
-                  f"{h.confidence:.2f}: {h.explanation}", style)  # fmt: skip
-            plain(f"       evidence: {', '.join(h.evidence) or 'none'}", "dim")
-        for r in report.ruled_out:
-            plain(f"    ruled out: {r.what}: {r.reason} "
-                  f"(evidence: {', '.join(r.evidence) or 'none'})", "dim")  # fmt: skip
-        for gap in report.gaps:
-            plain(f"    gap: {gap}", "yellow")
-        if concluded.partial_reason:
-            plain(f"    partial: {concluded.partial_reason}", "yellow")
 
 
 # -- the servers' configuration -----------------------------------------------------------------
@@ -273,7 +137,8 @@ def fresh_data_dir(data_dir: Path, *, embedded: bool) -> None:
     one's alert groups would otherwise take in the new alerts); refuse a data dir that holds
     data of a Vigil that is not a demo's."""
     marker = data_dir / MARKER
-    ours = ["vigil.duckdb", "vigil.duckdb.wal", "runtime.json", "prometheus", "alertmanager"]
+    ours = ["vigil.duckdb", "vigil.duckdb.wal", "runtime.json", "prometheus", "alertmanager",
+            CATALOG]  # fmt: skip
     if embedded:
         ours.append("nats")
     found = [name for name in ours if (data_dir / name).exists()]
@@ -291,16 +156,21 @@ def fresh_data_dir(data_dir: Path, *, embedded: bool) -> None:
     marker.write_text(json.dumps({"demo": True, "began": datetime.now(UTC).isoformat()}))
 
 
-def demo_settings(cfg: Settings, prometheus_url: str, alertmanager_url: str) -> Settings:
+def demo_settings(
+    cfg: Settings, prometheus_url: str, alertmanager_url: str, catalog: Path
+) -> Settings:
     """The user's settings (VIGIL_DATA_DIR, VIGIL_MODEL, ...) with what the demo runs: its
-    Prometheus, Alertmanager, topology and short-window signals, a token for this run, and the
-    webhook on a free port."""
+    Prometheus, Alertmanager, topology and short-window signals, its action catalog and
+    policy, a token for this run, and the webhook on a free port."""
     return cfg.model_copy(
         update={
             "prometheus_url": prometheus_url,
             "alertmanager_url": alertmanager_url,
             "topology": DEMO_DIR / "topology.yaml",
             "signals": DEMO_DIR / "signals.yaml",
+            "actions": catalog,
+            "policy": DEMO_DIR / "policy.yaml",
+            "correlation_window_seconds": CORRELATION_SECONDS,
             "webhook_token": SecretStr(secrets.token_urlsafe(32)),
             "rules": None,  # Alertmanager brings the anomalies: no detector
         }
@@ -355,7 +225,8 @@ class Demo:
             procs, prom, am = self._servers(shop)
             for proc in procs:  # stopped when the block ends, whatever ends it
                 stack.push_async_callback(proc.stop)
-            self.cfg = cfg = demo_settings(cfg, prom, am)
+            catalog = write_catalog(DEMO_DIR / CATALOG, cfg.data_dir / CATALOG, shop.admin_url)
+            self.cfg = cfg = demo_settings(cfg, prom, am, catalog)
             assert cfg.webhook_token is not None
             (cfg.data_dir / "alertmanager" / "vigil-token").write_text(
                 cfg.webhook_token.get_secret_value()
@@ -373,7 +244,8 @@ class Demo:
                 await self.until(up.wait())
                 host, port = self.sock.getsockname()[:2]
                 say(f"vigil    up: projector, webhook http://{host}:{port}/webhooks/alertmanager, "
-                    f"workers, responder ({cfg.model}); DuckDB {cfg.db_path}")  # fmt: skip
+                    f"workers, responder ({cfg.model}), saga orchestrator; DuckDB "
+                    f"{cfg.db_path}")  # fmt: skip
                 async with bus(cfg, url, "vigil-demo") as nc:
                     await self._incident(nc, shop, stay=stay)
             finally:
@@ -409,7 +281,8 @@ class Demo:
 
     async def _incident(self, nc: NATS, shop: Shop, *, stay: bool) -> None:
         js, say = nc.jetstream(), self.teller.say
-        story = Story(self.teller, broken=BROKEN[0])
+        assert self.cfg.actions is not None
+        story = Story(self.teller, broken=BROKEN[0], catalog=load_catalog(self.cfg.actions))
         # Told from the stream, from the first event appended after this point.
         last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
         config = ConsumerConfig(
@@ -425,74 +298,105 @@ class Demo:
         try:
             say(f"traffic  {TRAFFIC_RATE:g} requests/s to the frontend (browse: search; "
                 f"buy: checkout, payments); {BASELINE_SECONDS:g} s healthy")  # fmt: skip
-            self.teller.waiting("healthy baseline traffic")
-            await self.until(asyncio.sleep(BASELINE_SECONDS - INNOCENT_LEAD_SECONDS))
-            await self.until(self._deploy(js, shop, *INNOCENT))
-            self.teller.waiting("healthy baseline traffic")
-            await self.until(asyncio.sleep(INNOCENT_LEAD_SECONDS))
-            await self.until(self._deploy(js, shop, *BROKEN))
+            await self._deploys(js, shop)
             self.teller.waiting(
                 "waiting for Prometheus to fire, Alertmanager to notify, the responder to report"
             )
-            try:
-                await self.until(asyncio.wait_for(self._told(story), ALERT_WAIT_SECONDS))
-            except TimeoutError:
-                said = " | ".join(line for p in self._procs for line in p.log[-2:])
-                raise DemoError(
-                    f"no report on {BROKEN[0]} within {ALERT_WAIT_SECONDS:g} s of its deploy "
-                    f"(alerts: {self.cfg.prometheus_url}/alerts; last logs: {said})"
-                ) from None
+            await self._reported(story, f"no report on {BROKEN[0]} within "
+                                 f"{ALERT_WAIT_SECONDS:g} s of its deploy")  # fmt: skip
+            await act_one(self, story, BROKEN[0])
+            await act_two(self, js, shop, story)
+            self.teller.waiting("every incident's report")
+            await self._reported(story, f"act two: not every incident had its report within "
+                                 f"{ALERT_WAIT_SECONDS:g} s")  # fmt: skip
             self.teller.waiting(None)
-            self.tell_queries()
-            if stay:
-                self.teller.plain(
-                    f"Still running: the shop, Prometheus {self.cfg.prometheus_url}, "
-                    f"Alertmanager {self.cfg.alertmanager_url} and Vigil. Ctrl-C stops them all.",
-                    "bold",
-                )
-                with contextlib.suppress(Interrupted):  # the end asked for, not an interruption
-                    await self.until(asyncio.Event().wait())
+            await self._end(shop, stay=stay)
         finally:
             traffic_stop.set()
             await traffic
             with contextlib.suppress(Exception):  # the broker may be gone already
                 await sub.unsubscribe()
 
+    async def _deploys(self, js: Any, shop: Shop) -> None:
+        """The healthy baseline, the innocent deploy, the rest of the baseline, the broken one."""
+        self.teller.waiting("healthy baseline traffic")
+        await self.until(asyncio.sleep(BASELINE_SECONDS - INNOCENT_LEAD_SECONDS))
+        await self.until(self.deploy(js, shop, *INNOCENT))
+        self.teller.waiting("healthy baseline traffic")
+        await self.until(asyncio.sleep(INNOCENT_LEAD_SECONDS))
+        await self.until(self.deploy(js, shop, *BROKEN))
+
+    async def _reported(self, story: Story, failed: str) -> None:
+        """`_told`, or DemoError (`failed`, and what the servers last said) after a while."""
+        try:
+            await self.until(asyncio.wait_for(self._told(story), ALERT_WAIT_SECONDS))
+        except TimeoutError:
+            said = " | ".join(line for p in self._procs for line in p.log[-2:])
+            raise DemoError(
+                f"{failed} (alerts: {self.cfg.prometheus_url}/alerts; last logs: {said})"
+            ) from None
+
+    async def _end(self, shop: Shop, *, stay: bool) -> None:
+        """What the shop runs now, the queries to look deeper; with `stay`, wait for Ctrl-C."""
+        running = await versions(shop)
+        self.teller.say(f"shop     runs {', '.join(f'{n} {v}' for n, v in running.items())} "
+                        "(each service's /admin/release)")  # fmt: skip
+        self.tell_queries()
+        if stay:
+            self.teller.plain(
+                f"Still running: the shop, Prometheus {self.cfg.prometheus_url}, "
+                f"Alertmanager {self.cfg.alertmanager_url} and Vigil. Ctrl-C stops them all.",
+                "bold",
+            )
+            with contextlib.suppress(Interrupted):  # the end asked for, not an interruption
+                await self.until(asyncio.Event().wait())
+
     async def _told(self, story: Story) -> None:
         """Returns once the broken service's incident has its report, every investigation
         begun has its report, and every alert Prometheus holds (pending or firing) is on a
         service whose incident has its report: nothing more is on its way. An upstream service
         alerts a few seconds after the broken one, as its errors follow."""
-        await story.told.wait()
+        await story.until(lambda: story.reported)
+
+        def reported(alerts: list[dict[str, Any]]) -> bool:
+            raised = {a["labels"].get("service") for a in alerts}
+            told = {story.services.get(i) for i in story.concluded}
+            return raised <= told and story.investigating <= set(story.concluded)
+
+        await self._alerts_until(story, reported)
+
+    async def quiet(self, story: Story) -> None:
+        """Returns once Prometheus holds no alert, pending or firing, and every alert told as
+        firing is told as resolved: the next alert is a new one."""
+        await self._alerts_until(story, lambda alerts: not alerts and not story.firing)
+
+    async def _alerts_until(
+        self, story: Story, done: Callable[[list[dict[str, Any]]], bool]
+    ) -> None:
         url = f"{self.cfg.prometheus_url}/api/v1/alerts"
         async with httpx.AsyncClient(timeout=5) as client:
-            while True:
-                story.changed.clear()
-                alerts = (await client.get(url)).json()["data"]["alerts"]
-                raised = {a["labels"].get("service") for a in alerts}
-                reported = {story.services.get(i) for i in story.concluded}
-                if raised <= reported and story.investigating <= set(story.concluded):
-                    return
+            while not done((await client.get(url)).json()["data"]["alerts"]):
                 # Prometheus's alerts change with no event to await: look again every half
                 # second, or at once when the stream tells something new.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(story.changed.wait(), 0.5)
+                await story.news(0.5)
 
-    async def _deploy(self, js: Any, shop: Shop, service: str, version: str) -> None:
-        """Deploy `version` of `service` through its admin endpoint, and record the change."""
-        before = shop.services[service].release.version
-        async with httpx.AsyncClient() as client:
+    async def deploy(self, js: Any, shop: Shop, service: str, version: str) -> str:
+        """Deploy `version` of `service` through its admin endpoint, and record the change;
+        the version it replaced."""
+        async with httpx.AsyncClient(timeout=10) as client:
             answer = await client.post(
                 f"{shop.services[service].url}/admin/deploy", json={"version": version}
             )
         if answer.status_code != 200:
             raise DemoError(f"deploying {service} {version}: {answer.status_code} {answer.text}")
+        before = str(answer.json()["previous"])
         change = ChangeRecorded(
             service=service, kind="deploy", description=f"deploy {version} (was {before})",
             author="vigil demo", changed_at=datetime.now(UTC), ref=version,
         )  # fmt: skip
         event = new_event(change, incident_id=f"change-{uuid.uuid4().hex[:12]}", source="demo")
         await EventPublisher(js).publish(event)
+        return before
 
     def tell_queries(self) -> None:
         plain = self.teller.plain

@@ -10,9 +10,21 @@ what it answered the way the responder's `service_signals` reads it:
 - `shop_release{service, version}`: 1 for the release running;
 - `up{service}` comes from Prometheus's scrape of each service's `/metrics`.
 
-A service's behaviour is its release's: `POST /admin/deploy {"version": "1.5.0"}` switches to
-one of the releases it knows (422 naming the problem otherwise), and rolling back is deploying
-the old version the same way. `GET /admin/release` says which one runs.
+A service's behaviour is its release's and its config's. Its admin endpoints change them:
+
+- `POST /admin/deploy {"version": "1.5.0"}` runs one of the releases it knows (422 naming the
+  problem otherwise); `POST /admin/rollback` runs again the version it ran before the current
+  one (409 when there is none). Both answer `{"service", "previous", "now"}`: the version
+  replaced and the one running now. `GET /admin/release` says which one runs.
+- `POST /admin/config {"dependency_timeout_seconds": 2.0}`: how long it waits for a service
+  it calls before answering 502. A config is not a release: deploys and rollbacks keep it.
+- Changes honour an `Idempotency-Key` header, as an idempotency-keyed API does (Stripe's): the
+  same key again answers the first answer, status and body, and changes nothing;
+  `GET /admin/requests/{key}` replays the key's answer (404 for a key never seen). A request
+  refused before it is read (a body that is not valid) is not kept under its key.
+
+Each service's admin endpoints are also served on one address, the shop's admin gateway, under
+`/services/<name>/admin/...`: one URL template (`{service}`) reaches every service.
 """
 
 from __future__ import annotations
@@ -24,9 +36,11 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import httpx
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from vigil.app import serve_http
 
 DEPENDENCY_TIMEOUT = 2.0  # seconds a service waits for a dependency before answering 502
+KEY = Header(alias="Idempotency-Key", min_length=1, max_length=200)
+IdempotencyKey = Annotated[str | None, KEY]
 
 
 @dataclass(frozen=True)
@@ -78,10 +94,11 @@ SHOP: tuple[ServiceSpec, ...] = (
                 extra_latency=0.25,
                 note="a new order validation that times out on its cache and fails",
             ),
+            Release("1.5.1", note="1.5.0's order validation, its cache timeout fixed"),
         ),
     ),
     ServiceSpec("payments", {"/": ()}, (Release("2.7.1"),)),
-    ServiceSpec("search", {"/": ()}, (Release("0.9.0"), Release("0.9.1"))),
+    ServiceSpec("search", {"/": ()}, (Release("0.9.0"), Release("0.9.1"), Release("0.9.2"))),
 )
 
 
@@ -93,17 +110,44 @@ class DeployRequest(BaseModel):
     version: str = Field(min_length=1, max_length=64)
 
 
+class RollbackRequest(BaseModel):
+    """The body of `POST /admin/rollback`: none, or an empty object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConfigRequest(BaseModel):
+    """The body of `POST /admin/config`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dependency_timeout_seconds: float = Field(gt=0, le=60)
+
+
+class Refused(Exception):
+    """An admin change the service will not make: its status code and why."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
 @dataclass
 class Service:
-    """One running service: its spec, its release, its metrics and where it listens."""
+    """One running service: its spec, its release and config, its metrics and where it
+    listens; the versions it ran before (the last, the one before the current) and the
+    answer to each idempotency key it was sent."""
 
     spec: ServiceSpec
     sock: socket.socket
     peers: dict[str, str]  # service name -> base URL
     client: httpx.AsyncClient
     rng: random.Random = field(default_factory=random.Random)
+    dependency_timeout: float = DEPENDENCY_TIMEOUT
     release: Release = field(init=False)
     registry: CollectorRegistry = field(init=False)
+    history: list[str] = field(default_factory=list)
+    answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.release = self.spec.releases[0]
@@ -131,21 +175,57 @@ class Service:
         host, port = self.sock.getsockname()[:2]
         return f"http://{host}:{port}"
 
-    def deploy(self, version: str) -> Release:
-        """Run `version` from now on; KeyError naming the versions known otherwise."""
+    def deploy(self, version: str) -> dict[str, Any]:
+        """Run `version` from now on; Refused (422) naming the versions known otherwise."""
         known = {r.version: r for r in self.spec.releases}
         if version not in known:
-            raise KeyError(f"{self.name} has no release {version!r}; it has {', '.join(known)}")
-        self.running.remove(self.name, self.release.version)
-        self.release = known[version]
-        self.running.labels(self.name, version).set(1)
-        return self.release
+            raise Refused(422, f"{self.name} has no release {version!r}; it has {', '.join(known)}")
+        previous = self._run(known[version])
+        self.history.append(previous)
+        return {"service": self.name, "previous": previous, "now": version}
+
+    def rollback(self) -> dict[str, Any]:
+        """Run again the version run before the current one; Refused (409) when none was."""
+        if not self.history:
+            raise Refused(409, f"{self.name} ran no version before {self.release.version}: "
+                               "nothing to roll back to")  # fmt: skip
+        version = self.history.pop()
+        previous = self._run(next(r for r in self.spec.releases if r.version == version))
+        return {"service": self.name, "previous": previous, "now": version}
+
+    def configure(self, config: ConfigRequest) -> dict[str, Any]:
+        self.dependency_timeout = config.dependency_timeout_seconds
+        return {"service": self.name, "dependency_timeout_seconds": self.dependency_timeout}
+
+    def _run(self, release: Release) -> str:
+        """Switch to `release`; the version it replaced."""
+        previous = self.release.version
+        self.running.remove(self.name, previous)
+        self.release = release
+        self.running.labels(self.name, release.version).set(1)
+        return previous
+
+    def once(self, key: str | None, change: Callable[[], dict[str, Any]]) -> JSONResponse:
+        """`change` made and answered, or, for a key seen before, its first answer again.
+        Called on the event loop with nothing awaited: two requests of one key cannot both
+        make the change."""
+        if key is not None and key in self.answers:
+            status, body = self.answers[key]
+            return JSONResponse(body, status_code=status)
+        try:
+            status, body = 200, change()
+        except Refused as exc:
+            status, body = exc.status, {"detail": exc.detail}
+        if key is not None:
+            self.answers[key] = (status, body)
+        return JSONResponse(body, status_code=status)
 
     async def handle(self, path: str) -> int:
         """Serve one request of `path`: the status code answered."""
+        wait = self.dependency_timeout
         for dep in self.spec.routes[path]:
             try:
-                answer = await self.client.get(self.peers[dep] + "/", timeout=DEPENDENCY_TIMEOUT)
+                answer = await self.client.get(self.peers[dep] + "/", timeout=wait)
             except httpx.HTTPError:
                 return 502
             if answer.status_code >= 500:
@@ -161,21 +241,47 @@ class Service:
         def metrics() -> Response:
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-        @app.get("/admin/release")
-        def release() -> dict[str, str]:
-            return {"service": self.name, "version": self.release.version}
-
-        @app.post("/admin/deploy")
-        def deploy(body: DeployRequest) -> dict[str, str]:
-            try:
-                now = self.deploy(body.version)
-            except KeyError as exc:
-                raise HTTPException(status_code=422, detail=exc.args[0]) from None
-            return {"service": self.name, "version": now.version}
-
+        app.include_router(self.admin(), prefix="/admin")
         for path in self.spec.routes:
             app.add_api_route(path, self._endpoint(path), methods=["GET"])
         return app
+
+    def admin(self) -> APIRouter:
+        """The admin endpoints (see the module's docstring). Async: each runs on the event
+        loop, which is what makes `once` safe."""
+        router = APIRouter()
+
+        @router.get("/release")
+        async def release() -> dict[str, str]:
+            return {"service": self.name, "version": self.release.version}
+
+        @router.post("/deploy")
+        async def deploy(body: DeployRequest, key: IdempotencyKey = None) -> JSONResponse:
+            return self.once(key, lambda: self.deploy(body.version))
+
+        @router.post("/rollback")
+        async def rollback(
+            body: RollbackRequest | None = None, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            return self.once(key, self.rollback)
+
+        @router.get("/config")
+        async def config() -> dict[str, Any]:
+            return {"service": self.name, "dependency_timeout_seconds": self.dependency_timeout}
+
+        @router.post("/config")
+        async def configure(body: ConfigRequest, key: IdempotencyKey = None) -> JSONResponse:
+            return self.once(key, lambda: self.configure(body))
+
+        @router.get("/requests/{key}")
+        async def request(key: str) -> JSONResponse:
+            if key not in self.answers:
+                detail = f"{self.name} was sent no request with Idempotency-Key {key!r}"
+                return JSONResponse({"detail": detail}, status_code=404)
+            status, body = self.answers[key]
+            return JSONResponse(body, status_code=status)
+
+        return router
 
     def _endpoint(self, path: str) -> Callable[[Request], object]:
         async def serve(request: Request) -> Response:
@@ -190,13 +296,22 @@ class Service:
 
 @dataclass
 class Shop:
-    """The running shop: its services by name."""
+    """The running shop: its services by name, and the admin gateway's URL."""
 
     services: dict[str, Service]
+    admin_url: str
 
     def targets(self) -> dict[str, str]:
         """Each service's `host:port`, as a Prometheus scrape target."""
         return {name: s.url.removeprefix("http://") for name, s in self.services.items()}
+
+
+def admin_gateway(services: dict[str, Service]) -> FastAPI:
+    """Every service's admin endpoints under `/services/<name>/admin/...`, on one address."""
+    app = FastAPI(title="demo shop: admin gateway", docs_url=None, redoc_url=None)
+    for service in services.values():
+        app.include_router(service.admin(), prefix=f"/services/{service.name}/admin")
+    return app
 
 
 def _listen() -> socket.socket:
@@ -211,8 +326,10 @@ def _listen() -> socket.socket:
 async def running_shop(
     specs: tuple[ServiceSpec, ...] = SHOP, *, seed: int | None = None
 ) -> AsyncIterator[Shop]:
-    """Every service of `specs` serving on a free loopback port while the block runs."""
+    """Every service of `specs` serving on a free loopback port while the block runs, and the
+    admin gateway on another."""
     socks = [_listen() for _ in specs]
+    gateway = _listen()
     stop = asyncio.Event()
     # Many connections per peer: under a slow release requests pile up rather than queue.
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
@@ -225,20 +342,20 @@ async def running_shop(
         for service in services.values():
             service.peers = {dep: services[dep].url for dep in service.spec.calls}
         serving: list[asyncio.Task[None]] = []
+        apps = [(s.app(), s.sock) for s in services.values()]
         try:
-            for service in services.values():
+            for app, sock in [*apps, (admin_gateway(services), gateway)]:
                 ready = asyncio.Event()
                 serving.append(
-                    asyncio.create_task(
-                        serve_http(service.app(), service.sock, stop, on_ready=ready.set, grace=1)
-                    )
+                    asyncio.create_task(serve_http(app, sock, stop, on_ready=ready.set, grace=1))
                 )
                 await ready.wait()
-            yield Shop(services)
+            host, port = gateway.getsockname()[:2]
+            yield Shop(services, f"http://{host}:{port}")
         finally:
             stop.set()
             await asyncio.gather(*serving, return_exceptions=True)
-            for sock in socks:
+            for sock in [*socks, gateway]:
                 sock.close()
 
 

@@ -1,4 +1,5 @@
 """`vigil demo` as a user runs it, without a terminal: a real incident told from the stream,
+its two acts of remediation (one verified and resolving the incident, one undone in reverse),
 the read model left for `vigil sql`, and Ctrl-C stopping everything it started."""
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import pytest
 import yaml
 from vigil_cli_support import VIGIL, Watched, children, cmdline, run_vigil, vigil_env
 
+from responder.saga.catalog import load_catalog
+from responder.saga.policy import load_policy
 from responder.tools.signals import load_signals
 from vigil.demo import DEMO_DIR, alertmanager_config, prometheus_config
+from vigil.demo_acts import SHOP_ADMIN, write_catalog
 from vigil.shop import SHOP
 
-DEMO_DEADLINE = 240.0  # seconds; the demo takes about one minute on an idle 2-core machine
+DEMO_DEADLINE = 300.0  # seconds; the demo takes about 90 s on an idle 2-core machine
 BROKEN = "checkout"
 
 
@@ -40,6 +44,18 @@ class Told:
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
+
+    def saga(self, saga_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """The saga's events in stream order, each as (type, data)."""
+        rows = self.sql(
+            f"SELECT type, data FROM events WHERE data->>'saga_id' = '{saga_id}' ORDER BY seq"
+        )
+        return [(r["type"], json.loads(r["data"])) for r in rows]
+
+    def line(self, *needles: str) -> int:
+        """The index of the one line with every needle."""
+        (found,) = [i for i, line in enumerate(self.lines) if all(n in line for n in needles)]
+        return found
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +114,7 @@ def test_the_demo_leaves_its_incident_for_vigil_sql(told: Told) -> None:
     (incident,) = told.sql(
         f"SELECT incident_id, title, status, root_cause FROM incidents WHERE service = '{BROKEN}'"
     )
-    assert incident["title"] == "HighErrorRate" and incident["status"] == "diagnosed"
+    assert incident["title"] == "HighErrorRate" and incident["status"] == "resolved"
     assert incident["root_cause"] is not None
     (anomaly,) = told.sql(
         "SELECT data->>'origin' AS origin, data->>'service' AS service FROM events "
@@ -119,7 +135,12 @@ def test_the_demo_leaves_its_incident_for_vigil_sql(told: Told) -> None:
         "SELECT data->>'service' AS service, data->>'ref' AS ref FROM events "
         "WHERE type = 'ChangeRecorded' ORDER BY seq"
     )
-    assert changes == [{"service": "search", "ref": "0.9.1"}, {"service": BROKEN, "ref": "1.5.0"}]
+    assert changes == [
+        {"service": "search", "ref": "0.9.1"},
+        {"service": BROKEN, "ref": "1.5.0"},
+        {"service": BROKEN, "ref": "1.5.1"},  # act two's release train
+        {"service": "search", "ref": "0.9.2"},
+    ]
 
 
 @pytest.mark.slow
@@ -133,6 +154,140 @@ def test_the_demo_report_blames_the_broken_deploy(told: Told) -> None:
         f"WHERE service = '{BROKEN}' AND title = 'HighErrorRate'"
     )
     assert top == {"root_cause": "deploy_or_config_change", "root_cause_service": BROKEN}
+
+
+@pytest.mark.slow
+def test_act_one_rolls_the_broken_deploy_back_verifies_it_and_resolves_the_incident(
+    told: Told,
+) -> None:
+    """The report's remedy, proposed by the orchestrator and run under the demo's `auto`
+    policy: the shop's rollback, the error rate measured falling in Prometheus, resolved."""
+    assert told.rc == 0, (told.lines, told.err)
+    (incident,) = told.sql(
+        f"SELECT incident_id, status, resolution FROM incidents WHERE service = '{BROKEN}'"
+    )
+    assert (incident["status"], incident["resolution"]) == ("resolved", "remediation")
+    (proposed,) = told.sql(
+        "SELECT data->>'saga_id' AS saga_id FROM events WHERE type = 'RemediationProposed' "
+        f"AND incident_id = '{incident['incident_id']}'"
+    )
+    events = told.saga(proposed["saga_id"])
+    kinds = [kind for kind, _ in events]
+    measured = [data for kind, data in events if kind == "VerificationMeasured"]
+    assert kinds == [
+        "RemediationProposed", "SagaStarted", "SagaStepStarted", "SagaStepSucceeded",
+        *["VerificationMeasured"] * len(measured), "VerificationPassed", "SagaCompleted",
+    ]  # fmt: skip
+    plan = events[0][1]
+    assert plan["mode"] == "auto" and plan["steps"] == [
+        {
+            "action": "rollback_deploy",
+            "params": {"service": BROKEN},
+            "compensation": "deploy_version",
+        }
+    ]
+    assert plan["rationale"].startswith("recommended by attempt 1's report: ")
+    assert events[3][1]["output"] == {"service": BROKEN, "previous": "1.5.0", "now": "1.4.0"}
+    # Measured in Prometheus: at most one measurement still sees the last failures.
+    assert 1 <= len(measured) <= 4 and sum(not m["ok"] for m in measured) <= 1, measured
+    assert measured[-1]["ok"] and measured[-1]["observed"] < 0.05
+    assert 'http_requests_total{service="checkout"' in measured[0]["query"]
+    (resolved,) = told.sql(
+        "SELECT data->>'how' AS how FROM events WHERE type = 'IncidentResolved' "
+        f"AND incident_id = '{incident['incident_id']}'"
+    )
+    assert resolved == {"how": "remediation"}
+    # Told live, in the order it happened.
+    tag = f"{BROKEN}: "
+    order = [
+        told.line(f"remedy   {tag}rollback_deploy {{\"service\":\"{BROKEN}\"}} proposed, mode "
+                  "auto, low risk, recommended by attempt 1's report", "(RemediationProposed)"),
+        told.line(f"saga     {tag}started: 1 step on {BROKEN}", "(SagaStarted)"),
+        told.line(f"step     {tag}1/1 rollback_deploy ", "started, idempotency key saga-"),
+        told.line(f"step     {tag}1/1 rollback_deploy succeeded: {{\"service\":\"{BROKEN}\","
+                  '"previous":"1.5.0","now":"1.4.0"} (SagaStepSucceeded)'),
+        told.line(f"verify   {tag}measurement 1/4: ", " `result < 0.05` (VerificationMeasured)"),
+        told.line(f"verify   {tag}passed: ", "(VerificationPassed)"),
+        told.line(f"saga     {tag}completed [{proposed['saga_id']}] (SagaCompleted)"),
+        told.line(f"resolved {incident['incident_id']} ({BROKEN}): remediation by vigil "
+                  "(IncidentResolved)"),
+    ]  # fmt: skip
+    assert order == sorted(order)
+
+
+@pytest.mark.slow
+def test_act_two_undoes_a_plan_that_does_not_help_in_reverse(told: Told) -> None:
+    """The on-call's plan on the frontend's new incident (a config broke it): both deploys
+    carried out, the alert's expression still holding, both undone in reverse."""
+    assert told.rc == 0, (told.lines, told.err)
+    (proposed,) = told.sql(
+        "SELECT incident_id, data->>'saga_id' AS saga_id FROM events WHERE type = "
+        "'RemediationProposed' AND data->>'rationale' LIKE 'proposed by the on-call: %'"
+    )
+    (incident,) = told.sql(
+        f"SELECT service, status FROM incidents WHERE incident_id = '{proposed['incident_id']}'"
+    )
+    assert incident["service"] == "frontend" and incident["status"] != "resolved"
+    events = told.saga(proposed["saga_id"])
+    assert [kind for kind, _ in events] == [
+        "RemediationProposed", "SagaStarted",
+        "SagaStepStarted", "SagaStepSucceeded", "SagaStepStarted", "SagaStepSucceeded",
+        "VerificationMeasured", "VerificationMeasured", "VerificationFailed",
+        "CompensationStarted", "CompensationSucceeded", "CompensationStarted",
+        "CompensationSucceeded", "SagaCompensated",
+    ]  # fmt: skip
+    of = {kind: [d for k, d in events if k == kind] for kind, _ in events}
+    assert [d["output"] for d in of["SagaStepSucceeded"]] == [
+        {"service": "checkout", "previous": "1.5.1", "now": "1.4.0"},
+        {"service": "search", "previous": "0.9.2", "now": "0.9.1"},
+    ]
+    # Measured with the alert's own expression: the frontend still fails.
+    assert all(not m["ok"] and m["observed"] > 0.05 for m in of["VerificationMeasured"])
+    assert "> 0.05" in of["VerificationMeasured"][0]["query"]
+    # Undone in reverse, each with the version its step replaced.
+    assert [(d["step"], d["action"], d["params"]) for d in of["CompensationStarted"]] == [
+        (1, "deploy_version", {"service": "search", "version": "0.9.2"}),
+        (0, "deploy_version", {"service": "checkout", "version": "1.5.1"}),
+    ]
+    assert of["SagaCompensated"][0]["reason"].startswith("verification failed: ")
+    steps = told.sql(
+        f"SELECT step, status FROM saga_steps WHERE saga_id = '{proposed['saga_id']}' ORDER BY step"
+    )
+    assert steps == [{"step": 0, "status": "compensated"}, {"step": 1, "status": "compensated"}]
+    # Told live, in order; and the shop, asked at the end, runs the versions of before the plan.
+    order = [
+        told.line("config   frontend: dependency timeout 2 s -> 10 ms, set by hand"),
+        told.line("on-call  frontend fails since checkout 1.5.1 and search 0.9.2 shipped"),
+        told.line("remedy   frontend: deploy_version ", "proposed, mode auto, medium risk, "
+                  "proposed by the on-call", "(RemediationProposed)"),
+        told.line("saga     frontend: started: 2 steps on checkout, search"),
+        told.line("step     frontend: 2/2 deploy_version succeeded: "),
+        told.line("verify   frontend: measurement 2/3: ", "fails `empty` (VerificationMeasured)"),
+        told.line("verify   frontend: failed: 2 of 2 measurements failed empty"),
+        told.line("undo     frontend: step 2/2 undone by deploy_version "
+                  '{"service":"search","version":"0.9.2"}', "(CompensationStarted)"),
+        told.line("undo     frontend: step 1/2 undone by deploy_version "
+                  '{"service":"checkout","version":"1.5.1"}', "(CompensationStarted)"),
+        told.line("saga     frontend: compensated, every step undone: verification failed: "),
+        told.line("shop     runs frontend 3.2.0, checkout 1.5.1, payments 2.7.1, search 0.9.2 "),
+    ]  # fmt: skip
+    assert order == sorted(order)
+
+
+@pytest.mark.slow
+def test_only_the_two_acts_remediate(told: Told) -> None:
+    """Two sagas ran; any other plan was the report's remedy for an upstream incident, which
+    the catalog's scope refuses (a rollback only of the incident's own service)."""
+    assert told.rc == 0, (told.lines, told.err)
+    started = told.sql("SELECT incident_id FROM events WHERE type = 'SagaStarted'")
+    assert len(started) == 2
+    refused = told.sql(
+        "SELECT i.service, e.data->>'reason' AS reason FROM events e JOIN incidents i "
+        "USING (incident_id) WHERE e.type = 'RemediationRejected'"
+    )
+    for r in refused:
+        assert r["service"] == "frontend", refused
+        assert "is outside the incident's service (frontend)" in r["reason"], refused
 
 
 async def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
@@ -218,6 +373,24 @@ def test_the_servers_configs_are_valid_to_the_servers_own_checkers(tmp_path: Pat
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert "SUCCESS: 1 rules found" in rules.stdout, rules.stdout + rules.stderr
+
+
+def test_the_demo_catalog_and_policy_load_and_reach_the_running_shop(tmp_path: Path) -> None:
+    """What the saga role loads: the committed catalog, written with the shop's address, every
+    executor URL on it; the policy lets the demo's low and medium risk plans run."""
+    written = write_catalog(
+        DEMO_DIR / "actions.yaml", tmp_path / "actions.yaml", "http://127.0.0.1:5"
+    )
+    catalog = load_catalog(written)
+    assert load_catalog(DEMO_DIR / "actions.yaml").actions  # the sample is valid as it is
+    urls = [u for a in catalog.actions for u in (a.executor.url, a.executor.outcome_url)]  # type: ignore[union-attr]
+    assert all(u.startswith("http://127.0.0.1:5/services/{service}/admin/") for u in urls)
+    assert SHOP_ADMIN not in written.read_text()
+    rollback = catalog.get("rollback_deploy")
+    assert rollback is not None and rollback.remedies == ["deploy_or_config_change"]
+    policy = load_policy(DEMO_DIR / "policy.yaml")
+    for spec in SHOP:
+        assert policy.mode_for(spec.name, "low") == policy.mode_for(spec.name, "medium") == "auto"
 
 
 def test_the_demo_signals_and_topology_load_as_the_tools_read_them() -> None:
