@@ -62,6 +62,7 @@ class SagaRow:
     mode: str | None = None  # auto | approval | dry_run
     risk: str | None = None
     rationale: str | None = None
+    proposed_by: str | None = None
     dry_run: bool = False
     approved_by: str | None = None
     approved_at: datetime | None = None
@@ -118,6 +119,7 @@ def _apply_saga(s: dict[str, Any], event: Event) -> None:
         case RemediationProposed() as plan:
             s.update(actions=tuple(step.action for step in plan.steps), steps=len(plan.steps),
                      mode=plan.mode, risk=plan.risk, rationale=plan.rationale or None,
+                     proposed_by=plan.by or None,
                      dry_run=plan.mode == "dry_run", proposed_at=at)  # fmt: skip
         case RemediationApproved() as yes if s["approved_by"] is None:
             s.update(approved_by=yes.by, approved_at=at)

@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS sagas (
     mode                  VARCHAR,             -- auto|approval|dry_run
     risk                  VARCHAR,
     rationale             VARCHAR,
+    proposed_by           VARCHAR,             -- a person, or responder (the report's remedy)
     dry_run               BOOLEAN NOT NULL,
     approved_by           VARCHAR,
     approved_at           TIMESTAMPTZ,
@@ -174,7 +175,7 @@ CREATE OR REPLACE VIEW remediations AS
                ELSE 'in_progress'
            END AS outcome,
            s.status, s.reason, s.verification_check AS verified_by,
-           s.verification_observed AS observed, s.approved_by, s.rejected_by,
+           s.verification_observed AS observed, s.proposed_by, s.approved_by, s.rejected_by,
            s.proposed_at, s.started_at, s.ended_at,
            epoch(s.ended_at) - epoch(s.started_at) AS seconds
     FROM sagas s LEFT JOIN incidents i USING (incident_id);

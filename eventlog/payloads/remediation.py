@@ -24,6 +24,7 @@ class RemediationProposed(Payload):
     mode: RemediationMode
     risk: Literal["low", "medium", "high"] = "low"
     rationale: str = ""
+    by: str = Field(default="", description="who proposed it: a person, or `responder`")
 
 
 class RemediationApproved(Payload):

@@ -70,7 +70,7 @@ async def propose(
     decided = policy.mode_for_plan(plan.targets, plan.risks, mode)
     accepted = RemediationProposed(
         saga_id=saga_id, steps=plan.steps, mode=decided, risk=plan.risk,
-        rationale=rationale or f"proposed by {by}",
+        rationale=rationale or f"proposed by {by}", by=by,
     )  # fmt: skip
     await _record(js, incident_id, accepted)
     return Proposal(saga_id, accepted, None)

@@ -94,7 +94,7 @@ def _worked_after_approval() -> Teller:
     """inc-a: a rollback approved by alice, verified by two measurements: 3.5 min to run."""
     t = Teller("inc-a", 0).alert("checkout")
     t(1, RemediationProposed(saga_id="sa-1", steps=[rollback()], mode="approval", risk="medium",
-                             rationale="deploy v2 raised p99"))  # fmt: skip
+                             rationale="deploy v2 raised p99", by="responder"))  # fmt: skip
     t(2, RemediationApproved(saga_id="sa-1", by="alice"))
     t(3, SagaStarted(saga_id="sa-1", steps=[rollback()], services=["checkout"]))
     t.ran(3, "sa-1", 0, rollback())

@@ -56,7 +56,8 @@ async def test_a_saga_is_one_row_of_how_it_went_and_ended(
         "saga_id": "sa-1", "incident_id": "inc-a", "status": "completed",
         "actions": ["rollback_deploy"], "services": ["checkout"], "steps": 1,
         "mode": "approval", "risk": "medium", "rationale": "deploy v2 raised p99",
-        "dry_run": False, "approved_by": "alice", "approved_at": t(2), "rejected_by": None,
+        "proposed_by": "responder", "dry_run": False, "approved_by": "alice",
+        "approved_at": t(2), "rejected_by": None,
         "reason": None, "proposed_at": t(1), "started_at": t(3), "ended_at": t(6.5),
         "steps_succeeded": 1, "failed_step": None, "steps_escalated": 0,
         "verification": "passed", "verification_check": P99, "verification_observed": 0.3,
@@ -66,6 +67,7 @@ async def test_a_saga_is_one_row_of_how_it_went_and_ended(
     assert (sb1["actions"], sb1["steps"], sb1["failed_step"], sb1["steps_succeeded"]) == (
         ["rollback_deploy", "scale_up"], 2, 1, 1)  # fmt: skip
     assert (sb1["reason"], sb1["rationale"], sb1["ended_at"]) == ("step 1 failed: quota", None, t(104))  # fmt: skip  # noqa: E501
+    assert sb1["proposed_by"] is None  # a proposal of an older Vigil: nobody named
     sc1 = sagas["sc-1"]
     assert (sc1["verification"], sc1["verification_observed"], sc1["steps_escalated"]) == (
         "failed", 2.4, 1)  # fmt: skip
