@@ -28,6 +28,7 @@ from eventlog.payloads import (
     IncidentResolved,
     InvestigationStarted,
     RootCauseConcluded,
+    SagaCompensated,
     SagaStarted,
     ToolRequested,
 )
@@ -135,6 +136,8 @@ def _apply_incident(s: dict[str, Any], event: Event, seq: int) -> None:
         _diagnosed(s, data)
     elif isinstance(data, SagaStarted):
         _advance(s, "remediating")
+    elif isinstance(data, SagaCompensated) and s["status"] == "remediating":
+        s["status"] = "diagnosed"  # undone: as it was before, the root cause still known
     elif isinstance(data, IncidentAcknowledged) and s["acknowledged_at"] is None:
         s.update(acknowledged_at=event.occurred_at, acknowledged_by=data.by)
     elif isinstance(data, IncidentResolved):

@@ -24,6 +24,7 @@ from eventlog.payloads import (
     IncidentAcknowledged,
     IncidentResolved,
     InvestigationStarted,
+    SagaCompensated,
     SagaStarted,
     SagaStepFailed,
     SagaStepStarted,
@@ -174,6 +175,11 @@ async def test_saga_steps_track_compensation(js: JetStreamContext, db_path: Path
         db_path, "SELECT step, status, error, idempotency_key FROM saga_steps ORDER BY step"
     ) == [(0, "compensated", None, "s/0"), (1, "failed", "quota", "s/1")]
     assert rows(db_path, "SELECT status FROM incidents") == [("remediating",)]
+    ended = await EventPublisher(js).publish(event(SagaCompensated(saga_id="s", reason="b")))
+    async with projecting(js, db_path) as projector:
+        await projector.wait_for(ended.seq)
+    # Undone: no longer remediating; as it was before, with its root cause known.
+    assert rows(db_path, "SELECT status FROM incidents") == [("diagnosed",)]
 
 
 async def test_same_event_id_stored_twice_in_the_stream_is_one_row(
