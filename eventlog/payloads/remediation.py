@@ -1,6 +1,6 @@
 """Facts of saga-style remediation: proposal, approval, steps, compensation."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -8,6 +8,8 @@ from eventlog.payloads.base import Payload
 
 JsonObject = dict[str, Any]
 RemediationMode = Literal["auto", "approval", "dry_run"]
+# One token of a subject and of a key-value key: letters, digits, `_` and `-`.
+SagaId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class RemediationAction(Payload):
@@ -19,7 +21,7 @@ class RemediationAction(Payload):
 
 
 class RemediationProposed(Payload):
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
     steps: list[RemediationAction] = Field(min_length=1)
     mode: RemediationMode
     risk: Literal["low", "medium", "high"] = "low"
@@ -28,19 +30,19 @@ class RemediationProposed(Payload):
 
 
 class RemediationApproved(Payload):
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
     by: str = Field(min_length=1)
     comment: str = ""
 
 
 class RemediationRejected(Payload):
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
     by: str = Field(min_length=1)
     reason: str = ""
 
 
 class SagaStarted(Payload):
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
     steps: list[RemediationAction] = Field(min_length=1)
     dry_run: bool = False
     services: list[str] = Field(default_factory=list, description="the services its steps touch")
@@ -49,7 +51,7 @@ class SagaStarted(Payload):
 class SagaStep(Payload):
     """Fields every per-step saga fact shares."""
 
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
     step: int = Field(ge=0)
     action: str = Field(min_length=1)
 
@@ -65,6 +67,9 @@ class SagaStepSucceeded(SagaStep):
 
 class SagaStepFailed(SagaStep):
     error: str
+    uncertain: bool = Field(
+        default=False, description="it may have taken effect (a timeout, a lost answer)"
+    )
 
 
 class CompensationStarted(SagaStep):
@@ -80,6 +85,9 @@ class CompensationSucceeded(SagaStep):
 
 class CompensationFailed(SagaStep):
     error: str
+    uncertain: bool = Field(
+        default=False, description="it may have taken effect (a timeout, a lost answer)"
+    )
 
 
 class CompensationEscalated(SagaStep):
@@ -93,7 +101,7 @@ class VerificationMeasured(Payload):
     """One measurement of the verification (Argo Rollouts' analysis run): `index` from 0,
     `observed` the query's value (None: no data, or the query failed: see `error`)."""
 
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
     index: int = Field(ge=0)
     query: str
     observed: float | None = None
@@ -102,22 +110,22 @@ class VerificationMeasured(Payload):
 
 
 class VerificationPassed(Payload):
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
     check: str
     observed: float | None = None
 
 
 class VerificationFailed(Payload):
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
     check: str
     observed: float | None = None
     reason: str = ""
 
 
 class SagaCompleted(Payload):
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
 
 
 class SagaCompensated(Payload):
-    saga_id: str = Field(min_length=1)
+    saga_id: SagaId
     reason: str = ""

@@ -345,13 +345,16 @@ class Orchestrator:
                 case RunStep(step=i, attempt=attempt):
                     await self._run_step(run, saga, i, attempt)
                 case ResumeStep(step=i, attempt=attempt):
-                    await self._resume_step(run, saga, i, attempt)
+                    if not await self._resume_step(run, saga, i, attempt, paused=paused):
+                        return Wait("paused")  # it never ran: it waits, started, for the end
                 case Verify():
                     await self._verify(run, saga)
                 case Compensate(step=i, attempt=attempt):
                     await self._compensate(run, saga, i, attempt, resume=False)
                 case ResumeCompensation(step=i, attempt=attempt):
-                    await self._compensate(run, saga, i, attempt, resume=True)
+                    if not await self._compensate(run, saga, i, attempt, resume=True,
+                                                  paused=paused):  # fmt: skip
+                        return Wait("paused")
                 case Escalate(step=i):
                     await self._escalate(run, saga, i)
                 case Finish(compensated=compensated, reason=reason):
@@ -406,6 +409,14 @@ class Orchestrator:
         assert saga.started is not None
         step = saga.started.steps[i]
         key = idempotency_key(run.saga_id, i, attempt)
+        try:  # each step as the catalog allows it now, whoever wrote the plan's SagaStarted
+            check_plan(self.catalog, [step], incident_service=_service(run.events))
+        except PlanRefused as exc:
+            why = str(exc).removeprefix("step 0 ")
+            refused = SagaStepFailed(saga_id=run.saga_id, step=i, action=step.action,
+                                     error=f"refused: {why}")  # fmt: skip
+            await self._append(run, refused, f"step|{i}|{attempt}|outcome")
+            return
         started = SagaStepStarted(saga_id=run.saga_id, step=i, action=step.action,
                                   params=step.params, idempotency_key=key)  # fmt: skip
         await self._append(run, started, f"step|{i}|{attempt}|started")
@@ -418,18 +429,26 @@ class Orchestrator:
         failpoint("step.executed")
         await self._record_step(run, i, attempt, step.action, outcome)
 
-    async def _resume_step(self, run: _Run, saga: Saga, i: int, attempt: int) -> None:
-        """The step was started and its outcome never recorded: what became of its key?"""
+    async def _resume_step(
+        self, run: _Run, saga: Saga, i: int, attempt: int, *, paused: bool
+    ) -> bool:
+        """The step was started and its outcome never recorded: what became of its key?
+        False when it never ran and, paused, is not run now."""
         assert saga.started is not None
         step = saga.started.steps[i]
         key = idempotency_key(run.saga_id, i, attempt)
         action = self.catalog.get(step.action)
+        outcome: StepOutcome | None
         if action is None:
             outcome = StepOutcome(False, error=f"{step.action!r} is no longer in the catalog")
         else:
-            outcome = await self._resume(action, step.params, key, saga.started.dry_run)
+            dry_run = saga.started.dry_run
+            outcome = await self._resume(action, step.params, key, dry_run, may_run=not paused)
+        if outcome is None:
+            return False
         failpoint("step.executed")
         await self._record_step(run, i, attempt, step.action, outcome)
+        return True
 
     async def _record_step(
         self, run: _Run, i: int, attempt: int, action: str, outcome: StepOutcome
@@ -440,7 +459,8 @@ class Orchestrator:
                                      output=outcome.output)  # fmt: skip
         else:
             data = SagaStepFailed(saga_id=run.saga_id, step=i, action=action,
-                                  error=outcome.error or "failed")  # fmt: skip
+                                  error=outcome.error or "failed",
+                                  uncertain=not outcome.certain)  # fmt: skip
         await self._append(run, data, f"step|{i}|{attempt}|outcome")
         failpoint("step.recorded")
 
@@ -454,7 +474,9 @@ class Orchestrator:
         if outcome.certain:
             return outcome
         # Sent, maybe carried out (a timeout, a cut connection): ask before anything else.
-        return await self._resume(action, params, key, dry_run, first=outcome)
+        known = await self._resume(action, params, key, dry_run, first=outcome)
+        assert known is not None  # it may run: it is this step's own try
+        return known
 
     async def _resume(
         self,
@@ -463,26 +485,32 @@ class Orchestrator:
         key: str,
         dry_run: bool,
         first: StepOutcome | None = None,
-    ) -> StepOutcome:
+        *,
+        may_run: bool = True,
+    ) -> StepOutcome | None:
+        """What became of `key`, running it (under the same key) if it never ran, or if the
+        action is safe to run again and its outcome cannot be told. None: it would have to
+        run, and `may_run` is false (paused): nothing is done."""
         if dry_run:
-            return await self._execute(action, params, key, dry_run)
+            return await self._execute(action, params, key, dry_run) if may_run else None
         runner = runner_for(action)
         known = first
         for n in range(self.timing.outcome_tries):
             known = await _guarded(runner.outcome(action, params, key))
             if known is None:  # it never ran: run it now, under the same key
-                return await _guarded(runner.run(action, params, key))
+                return await _guarded(runner.run(action, params, key)) if may_run else None
             if known.certain:
                 return known
             if action.executor.kind == "command":
                 break  # a command cannot be asked: no point asking again
             await asyncio.sleep(self.timing.backoff * 2**n)
         if getattr(action.executor, "rerun_safe", False):
-            return await _guarded(runner.run(action, params, key))
+            return await _guarded(runner.run(action, params, key)) if may_run else None
         why = known.error if known is not None and known.error else "unknown"
         return StepOutcome(
-            False, error=f"outcome unknown ({why}); not run again, as that may not be safe"
-        )
+            False, error=f"outcome unknown ({why}); not run again, as that may not be safe",
+            certain=False,
+        )  # fmt: skip
 
     # -- verification -----------------------------------------------------------------------
 
@@ -579,8 +607,10 @@ class Orchestrator:
     # -- compensation and the end -----------------------------------------------------------
 
     async def _compensate(
-        self, run: _Run, saga: Saga, i: int, attempt: int, *, resume: bool
-    ) -> None:
+        self, run: _Run, saga: Saga, i: int, attempt: int, *, resume: bool, paused: bool = False
+    ) -> bool:
+        """Undo step `i` (or find out what became of the try a crash left open); False when
+        that try never ran and, paused, is not run now."""
         assert saga.started is not None
         step = saga.started.steps[i]
         done = saga.steps[i].succeeded
@@ -596,12 +626,16 @@ class Orchestrator:
             )  # fmt: skip
             await self._append(run, started, f"undo|{i}|{attempt}|started")
             failpoint("compensation.started")
+        outcome: StepOutcome | None
         if undo is None:
             outcome = StepOutcome(False, error=error)
         elif resume:
-            outcome = await self._resume(undo[0], undo[1], key, saga.started.dry_run)
+            outcome = await self._resume(undo[0], undo[1], key, saga.started.dry_run,
+                                         may_run=not paused)  # fmt: skip
         else:
             outcome = await self._execute(undo[0], undo[1], key, saga.started.dry_run)
+        if outcome is None:
+            return False
         failpoint("compensation.executed")
         data: Payload
         action = undo[0].name if undo else step.action
@@ -609,9 +643,11 @@ class Orchestrator:
             data = CompensationSucceeded(saga_id=run.saga_id, step=i, action=action)
         else:
             data = CompensationFailed(saga_id=run.saga_id, step=i, action=action,
-                                      error=outcome.error or "failed")  # fmt: skip
+                                      error=outcome.error or "failed",
+                                      uncertain=not outcome.certain)  # fmt: skip
         await self._append(run, data, f"undo|{i}|{attempt}|outcome")
         failpoint("compensation.recorded")
+        return True
 
     def _undo(
         self, step: RemediationAction, output: dict[str, Any], incident_service: str | None
@@ -635,13 +671,23 @@ class Orchestrator:
         return (undo, params), ""
 
     async def _escalate(self, run: _Run, saga: Saga, i: int) -> None:
-        comp = saga.compensations[i]
+        """A person must act: step `i`'s compensation failed every try (or a try may have
+        acted), or step `i` failed in a way that may have taken effect."""
+        comp = saga.compensations.get(i)
         tried = [e.data.action for e in run.events if isinstance(e.data, CompensationStarted)
                  and e.data.saga_id == run.saga_id and e.data.step == i]  # fmt: skip
-        escalated = CompensationEscalated(  # `action`: the compensation, as its other events
-            saga_id=run.saga_id, step=i, action=tried[-1], attempts=comp.failures,
-            error=comp.last_error,
-        )  # fmt: skip
+        if comp is not None and tried:  # `action`: the compensation, as its other events
+            escalated = CompensationEscalated(
+                saga_id=run.saga_id, step=i, action=tried[-1], attempts=comp.failures,
+                error=comp.last_error,
+            )  # fmt: skip
+        else:
+            failed = saga.steps[i].failed
+            assert failed is not None
+            escalated = CompensationEscalated(
+                saga_id=run.saga_id, step=i, action=failed.action, attempts=1,
+                error=f"the step may have taken effect: {failed.error}",
+            )  # fmt: skip
         await self._append(run, escalated, f"undo|{i}|escalated")
 
     async def _finish(self, run: _Run, saga: Saga, compensated: bool, reason: str) -> None:

@@ -60,6 +60,7 @@ class CompensationState:
     succeeded: bool = False
     escalated: bool = False
     last_error: str = ""
+    uncertain: bool = False  # a try may have taken effect: not to be tried again
 
     @property
     def open(self) -> bool:
@@ -72,6 +73,7 @@ class Saga:
     proposed: RemediationProposed | None = None
     proposed_at: datetime | None = None
     approved: RemediationApproved | None = None
+    approved_at: datetime | None = None
     rejected: RemediationRejected | None = None
     started: SagaStarted | None = None
     started_at: datetime | None = None
@@ -98,9 +100,11 @@ def fold(events: list[Event], saga_id: str) -> Saga:
             continue
         match data:
             case RemediationProposed():
-                saga.proposed, saga.proposed_at = data, event.occurred_at
+                if saga.proposed is None:  # another plan under the same id changes nothing
+                    saga.proposed, saga.proposed_at = data, event.occurred_at
             case RemediationApproved():
-                saga.approved = saga.approved or data
+                if saga.approved is None:
+                    saga.approved, saga.approved_at = data, event.occurred_at
             case RemediationRejected():
                 if saga.started is None:  # once started, only its own failure ends it
                     saga.rejected = saga.rejected or data
@@ -122,6 +126,7 @@ def fold(events: list[Event], saga_id: str) -> Saga:
                 comp = saga.compensation(data.step)
                 comp.failures += 1
                 comp.last_error = data.error
+                comp.uncertain = comp.uncertain or data.uncertain
             case CompensationEscalated():
                 saga.compensation(data.step).escalated = True
             case VerificationMeasured():
@@ -230,11 +235,13 @@ def next_move(
     if saga.started is None:
         assert saga.proposed_at is not None
         until = saga.proposed_at + approval_expiry
-        if proposed.mode == "approval" and saga.approved is None:
-            if now >= until:
-                return Expire(f"no approval within {_minutes(approval_expiry)}")
-            return Wait("awaiting approval", until)
-        if now >= until and saga.approved is None:  # approved: a person just said go
+        if proposed.mode == "approval":
+            in_time = saga.approved_at is not None and saga.approved_at <= until
+            if not in_time:  # none yet, or one that came after the plan had expired
+                if now >= until:
+                    return Expire(f"no approval within {_minutes(approval_expiry)}")
+                return Wait("awaiting approval", until)
+        elif now >= until:
             return Expire(f"not started within {_minutes(approval_expiry)} of its proposal")
         return Wait("paused") if paused else Start(dry_run=proposed.mode == "dry_run")
     failed = next((i for i, s in sorted(saga.steps.items()) if s.failed), None)
@@ -265,9 +272,14 @@ def _unwind(saga: Saga, paused: bool, irreversible: frozenset[int], failed: int 
             continue
         if comp.open:
             return ResumeCompensation(i, comp.attempts)
-        if comp.failures >= MAX_COMPENSATION_ATTEMPTS:
+        if comp.failures >= MAX_COMPENSATION_ATTEMPTS or comp.uncertain:
+            # Tried enough, or a try may have acted: another try could undo twice.
             return Wait("a human must undo a step") if comp.escalated else Escalate(i)
         return Wait("paused") if paused else Compensate(i, comp.attempts + 1)
+    if failed is not None and saga.steps[failed].failed.uncertain:  # type: ignore[union-attr]
+        # The failed step may have acted, and nothing can undo what is not known: a person.
+        checked = saga.compensations.get(failed, CompensationState())
+        return Wait("a human must check a step") if checked.escalated else Escalate(failed)
     if failed is not None:
         reason = f"step {failed} failed: {saga.steps[failed].failed.error}"  # type: ignore[union-attr]
     else:
