@@ -9,6 +9,7 @@ import getpass
 import io
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -29,6 +30,7 @@ from rich.table import Table
 
 from api.app import add_metrics
 from detector.rules import RulesError, RuleSet, load_rules
+from eventlog.envelope import INCIDENT_ID_PATTERN
 from eventlog.payloads import InvestigationStarted, RemediationAction
 from eventlog.replay import replay
 from eventlog.sql import QueryResult, SqlError, run_read_only
@@ -262,22 +264,34 @@ def propose(
     incident_id: Annotated[str, typer.Argument(help="the incident to remediate")],
     action: Annotated[str, typer.Argument(help="an action of the catalog (VIGIL_ACTIONS)")],
     param: Annotated[
-        list[str] | None, typer.Option(help="KEY=VALUE, a parameter of the action (a string)")
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE, a parameter of the action (a number or true/false where "
+            "its schema says so, else a string)"
+        ),
     ] = None,
     reason: Annotated[str, typer.Option(help="why (recorded)")] = "",
     by: Annotated[str | None, typer.Option(help="who proposes (recorded); default: you")] = None,
 ) -> None:
     """Propose a one-step remediation plan; refused (and recorded so) outside the catalog."""
+    from responder.saga.catalog import ACTION_NAME
     from responder.saga.proposals import propose as record_proposal
 
     cfg = settings()
     catalog, policy = remediation_config(cfg)
+    _check_incident_id(incident_id)
+    if not re.fullmatch(ACTION_NAME, action):
+        raise CliError(f"action {action!r}: not an action's name (a-z, 0-9, _)")
+    known = catalog.get(action)
+    types = known.params.get("properties", {}) if known else {}
     params: dict[str, Any] = {}
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliError(f"--param {item!r}: write KEY=VALUE")
-        params[key] = value
+        if key in params:
+            raise CliError(f"--param {key}: given twice")
+        params[key] = _typed(key, value, types.get(key, {}).get("type"))
     by = by or _user()
     step = RemediationAction(action=action, params=params)
 
@@ -298,6 +312,30 @@ def propose(
         raise CliError(f"refused: {proposal.refused.reason} (recorded as {proposal.saga_id})")
     mode = proposal.accepted.mode
     console.print(f"incident {incident_id}: {proposal.saga_id} proposed ({mode})", markup=False)
+
+
+SAGA_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_incident_id(incident_id: str) -> None:
+    if not re.fullmatch(INCIDENT_ID_PATTERN, incident_id):
+        raise CliError(f"incident {incident_id!r}: not an incident id (letters, digits, _ and -)")
+
+
+def _typed(key: str, value: str, kind: Any) -> Any:
+    """A --param's text as its schema's type says (`integer`, `number`, `boolean`)."""
+    try:
+        if kind == "integer":
+            return int(value)
+        if kind == "number":
+            return float(value)
+    except ValueError:
+        raise CliError(f"--param {key}={value}: not a {kind}") from None
+    if kind == "boolean":
+        if value not in ("true", "false"):
+            raise CliError(f"--param {key}={value}: write true or false")
+        return value == "true"
+    return value
 
 
 @app.command()
@@ -324,16 +362,25 @@ def saga() -> None:
 def _decide(
     incident_id: str, approve: bool, by: str | None, reason: str, saga_id: str | None
 ) -> None:
+    from responder.saga.policy import load_policy
     from responder.saga.proposals import NotAwaitingApproval, decide
+    from responder.tools.config_file import ConfigFileError
 
     cfg = settings()
     who = by or _user()
+    _check_incident_id(incident_id)
+    if saga_id is not None and not SAGA_ID.fullmatch(saga_id):
+        raise CliError(f"--saga {saga_id!r}: not a saga id (letters, digits, _ and -)")
+    try:
+        expiry = load_policy(cfg.policy).approval_expiry
+    except ConfigFileError as exc:
+        raise CliError(str(exc)) from None
 
     async def main() -> Any:
         nc = await connect(nats_url_of(cfg), name="vigil-decide")
         try:
             return await decide(nc.jetstream(), incident_id, approve=approve, by=who,
-                                reason=reason, saga_id=saga_id)  # fmt: skip
+                                reason=reason, saga_id=saga_id, expiry=expiry)  # fmt: skip
         except (NoSuchIncident, NotAwaitingApproval) as exc:
             raise CliError(str(exc)) from None
         finally:

@@ -34,6 +34,7 @@ from responder.saga.catalog import (
     CommandExecutor,
     HttpExecutor,
     NoopExecutor,
+    TemplateError,
     render,
     render_all,
 )
@@ -69,7 +70,15 @@ class Runner(Protocol):
 
 
 def _url(template: str, params: dict[str, Any], key: str) -> str:
-    return str(render(template, {**params, "key": key}, quote=lambda t: quote(t, safe="")))
+    return str(render(template, {**params, "key": key}, quote=_segment))
+
+
+def _segment(text: str) -> str:
+    """A value as one path segment: quoted, and never empty, `.` or `..` (which a client
+    resolves away, reaching another endpoint)."""
+    if text in ("", ".", ".."):
+        raise TemplateError(f"{text!r} cannot stand as a segment of a URL's path")
+    return quote(text, safe="")
 
 
 class HttpRunner:

@@ -8,14 +8,16 @@ the lease every third of its term while it does, and gives it back when the saga
 ends. A holder that died loses it when its term runs out (its `expires_at`, by the wall clock
 of the one who looks: keep the orchestrators' clocks in step, as NTP does).
 
-Key: `saga.<saga_id>`; value: `{"owner": ..., "expires_at": ...}`. Writes name the revision
-they replace, so two that race cannot both win.
+Keys: `saga.<saga_id>`, and `service.<hash of its name>` while a saga is started on that
+service (the rate limit's check and the start, as one); value: `{"owner": ..., "expires_at":
+...}`. Writes name the revision they replace, so two that race cannot both win.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -73,9 +75,8 @@ class Leases:
         until = self.clock() + timedelta(seconds=self.term)
         return Held(owner=self.owner, expires_at=until).model_dump_json().encode()
 
-    async def acquire(self, saga_id: str) -> int | None:
+    async def acquire(self, key: str) -> int | None:
         """The lease's revision, or None when another owner holds it and its term is not over."""
-        key = f"saga.{saga_id}"
         try:
             entry = await self.kv.get(key)
         except KeyNotFoundError:  # never held, or given back (a delete marker)
@@ -95,22 +96,22 @@ class Leases:
         except KeyWrongLastSequenceError:
             return None
 
-    async def renew(self, saga_id: str, revision: int) -> int | None:
+    async def renew(self, key: str, revision: int) -> int | None:
         try:
-            return await self.kv.update(f"saga.{saga_id}", self._value(), last=revision)
+            return await self.kv.update(key, self._value(), last=revision)
         except KeyWrongLastSequenceError:
             return None  # taken over: this owner's term had run out
 
-    async def release(self, saga_id: str, revision: int) -> None:
+    async def release(self, key: str, revision: int) -> None:
         with contextlib.suppress(Exception):  # a lease not given back runs out on its own
-            await self.kv.delete(f"saga.{saga_id}", last=revision)
+            await self.kv.delete(key, last=revision)
 
     @contextlib.asynccontextmanager
-    async def holding(self, saga_id: str) -> AsyncIterator[asyncio.Event | None]:
-        """While the block runs, the saga's lease is this owner's (renewed meanwhile): yields
+    async def holding(self, key: str) -> AsyncIterator[asyncio.Event | None]:
+        """While the block runs, the lease `key` is this owner's (renewed meanwhile): yields
         an event set if it is lost after all (this process stalled past its term and another
         took it); None if another owner holds it."""
-        revision = await self.acquire(saga_id)
+        revision = await self.acquire(key)
         if revision is None:
             yield None
             return
@@ -122,12 +123,12 @@ class Leases:
             while True:
                 await asyncio.sleep(self.term / 3)
                 try:
-                    renewed = await self.renew(saga_id, current)
+                    renewed = await self.renew(key, current)
                 except Exception as exc:  # NATS slow or away: try again at the next tick
-                    log.warning("saga %s: could not renew its lease: %r", saga_id, exc)
+                    log.warning("%s: could not renew its lease: %r", key, exc)
                     continue
                 if renewed is None:
-                    log.error("saga %s: lease lost (this process stalled past its term)", saga_id)
+                    log.error("%s: lease lost (this process stalled past its term)", key)
                     lost.set()
                     return
                 current = renewed
@@ -140,4 +141,13 @@ class Leases:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             if not lost.is_set():
-                await self.release(saga_id, current)
+                await self.release(key, current)
+
+
+def saga_key(saga_id: str) -> str:
+    return f"saga.{saga_id}"
+
+
+def service_key(service: str) -> str:
+    """Any service name as a key (a name may hold what a key may not)."""
+    return f"service.{hashlib.sha256(service.encode()).hexdigest()[:24]}"

@@ -26,7 +26,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -77,7 +78,7 @@ from responder.saga.catalog import (
 from responder.saga.catalog import render as render_template
 from responder.saga.executors import NoopRunner, StepOutcome, idempotency_key, runner_for
 from responder.saga.failpoints import failpoint
-from responder.saga.lease import Leases
+from responder.saga.lease import Leases, saga_key, service_key
 from responder.saga.pause import on_resume, read_pause
 from responder.saga.plan import PlanRefused, check_plan
 from responder.saga.policy import Policy
@@ -173,6 +174,7 @@ class Orchestrator:
     def __post_init__(self) -> None:
         self.publisher = EventPublisher(self.js)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # incident -> lock, its users
+        self._service_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -198,14 +200,22 @@ class Orchestrator:
             async with lock:  # one move at a time per incident: the sweep and the consumer
                 events = [s.event for s in await incident_events(self.js, incident_id)]
                 waits: dict[str, Wait] = {}
+                failed: Exception | None = None
                 for saga_id in saga_ids(events):
                     saga = fold(events, saga_id)
                     run = _Run(incident_id, saga_id, events)
                     if saga.rejected is not None or (saga.ended and not self._owed(run, saga)):
                         continue  # over: no lease needed to know it
-                    wait = await self._advance_saga(incident_id, saga_id)
+                    try:
+                        wait = await self._advance_saga(incident_id, saga_id)
+                    except Exception as exc:  # the others still go on; then a retry
+                        log.exception("saga %s: could not move it", saga_id)
+                        failed = failed or exc
+                        continue
                     if wait is not None:
                         waits[saga_id] = wait
+                if failed is not None:
+                    raise failed
                 return waits
         finally:
             lock, users = self._locks[incident_id]
@@ -241,21 +251,20 @@ class Orchestrator:
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Event | None]:
         if self.leases is None:
             return contextlib.nullcontext(asyncio.Event())  # never lost
-        return self.leases.holding(saga_id)
+        return self.leases.holding(saga_key(saga_id))
 
     async def sweep(self) -> int:
         """Take up every saga not ended (at start, and when the pause lifts); how many
         incidents had one."""
-        stored = await read_events(
-            self.js, [subject_for("*", t) for t in ("RemediationProposed", *ENDINGS)]
-        )
-        ended = {s.event.data.saga_id for s in stored if s.event.type in ENDINGS}  # type: ignore[attr-defined]
+        kinds = ("RemediationProposed", "SagaStarted", *ENDINGS)
+        stored = await read_events(self.js, [subject_for("*", t) for t in kinds])
+        events = [s.event for s in stored]
         incidents = list(
             dict.fromkeys(
-                s.event.incident_id
-                for s in stored
-                if isinstance(s.event.data, RemediationProposed)
-                and s.event.data.saga_id not in ended
+                e.incident_id
+                for e in events
+                if isinstance(e.data, RemediationProposed)
+                and _open(fold(events, e.data.saga_id))  # as `fold` reads its end
             )
         )
         for incident_id in incidents:
@@ -311,6 +320,8 @@ class Orchestrator:
     async def _move(self, run: _Run) -> Wait | None:
         try:
             return await self._moves(run)
+        except _Busy:
+            return BUSY
         except _LostRace as lost:
             log.info("saga %s: %s was recorded by another orchestrator: left to it", run.saga_id,
                      lost)  # fmt: skip
@@ -376,15 +387,37 @@ class Orchestrator:
             await self._reject(run, "the policy asks for approval of this plan: propose it again")
             return
         dry_run = dry_run or mode == "dry_run"
-        if not dry_run:
-            over = await self._over_rate(sorted(set(plan.targets)))
-            if over:
-                await self._reject(run, over)
-                return
+        services = sorted(set(plan.targets))
         started = SagaStarted(saga_id=run.saga_id, steps=plan.steps, dry_run=dry_run,
-                              services=sorted(set(plan.targets)))  # fmt: skip
-        await self._append(run, started, "started")
+                              services=services)  # fmt: skip
+        if dry_run:
+            await self._append(run, started, "started")
+        else:  # the rate limit's count and the start as one, per service, across orchestrators
+            async with self._services_held(services) as held:
+                if not held:
+                    raise _Busy
+                over = await self._over_rate(services)
+                if over:
+                    await self._reject(run, over)
+                    return
+                await self._append(run, started, "started")
         failpoint("saga.started")
+
+    @contextlib.asynccontextmanager
+    async def _services_held(self, services: list[str]) -> AsyncIterator[bool]:
+        """Each service's lock in this process and lease among orchestrators, in name order
+        (so two that want the same ones cannot each hold half)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for service in services:
+                await stack.enter_async_context(self._service_locks[service])
+                if self.leases is not None:
+                    lost = await stack.enter_async_context(
+                        self.leases.holding(service_key(service))
+                    )
+                    if lost is None:
+                        yield False
+                        return
+            yield True
 
     async def _over_rate(self, services: list[str]) -> str | None:
         now = self.clock()
@@ -750,6 +783,10 @@ class Orchestrator:
         run.events.append(event)
 
 
+class _Busy(Exception):
+    """A lease this move needs is another orchestrator's."""
+
+
 class _LostRace(Exception):
     """An event this orchestrator meant to append was there already."""
 
@@ -767,6 +804,10 @@ async def _guarded(call: Awaitable[StepOutcome | None]) -> StepOutcome | None:
     except Exception as exc:
         log.exception("an executor failed")
         return StepOutcome(False, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _open(saga: Saga) -> bool:
+    return saga.ended is None and saga.rejected is None
 
 
 def _resolved(events: list[Event]) -> bool:

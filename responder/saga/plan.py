@@ -11,6 +11,28 @@ from dataclasses import dataclass
 from eventlog.payloads.remediation import RemediationAction
 from responder.saga.catalog import RISKS, Catalog, Compensation, Risk
 
+MAX_STEPS = 20
+
+
+def _control_characters(value: object, where: str = "") -> str | None:
+    """Why a text among the params holds a control character (a newline that `$` in a
+    schema's pattern lets through, say), or None."""
+    if isinstance(value, str):
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            return f"{where or 'a value'}: {value!r} holds a control character"
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, inner in items:
+        found = _control_characters(inner, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
 
 class PlanRefused(ValueError):
     """The plan names something outside the catalog or its scope; the message says what."""
@@ -34,13 +56,15 @@ def check_plan(
     """The plan as the catalog allows it, or PlanRefused with the first step's reason."""
     if not steps:
         raise PlanRefused("the plan has no steps")
+    if len(steps) > MAX_STEPS:
+        raise PlanRefused(f"the plan has {len(steps)} steps; at most {MAX_STEPS}")
     checked, risks, targets = [], [], []
     for i, step in enumerate(steps):
         where = f"step {i} ({step.action!r})"
         action = catalog.get(step.action)
         if action is None:
             raise PlanRefused(f"{where}: no such action in the catalog")
-        wrong = action.check_params(step.params)
+        wrong = action.check_params(step.params) or _control_characters(step.params)
         if wrong is not None:
             raise PlanRefused(f"{where}: params: {wrong}")
         target = step.params[action.scope.target]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from nats.js import JetStreamContext
 
@@ -34,6 +35,7 @@ from responder.saga.policy import Policy
 from responder.saga.progress import Saga, fold
 
 SOURCE = "saga"
+DEFAULT_EXPIRY = Policy().approval_expiry
 NAMESPACE = uuid.UUID("0d7b3c52-96a1-4f0e-8a4b-5e2f1c9d7a63")
 
 
@@ -111,13 +113,16 @@ async def decide(
     by: str,
     reason: str = "",
     saga_id: str | None = None,
+    expiry: timedelta = DEFAULT_EXPIRY,
 ) -> RemediationApproved | RemediationRejected:
     """Approve or reject the plan of the incident that awaits approval (`saga_id` when there are
-    several). NoSuchIncident, or NotAwaitingApproval naming what there is."""
+    several); a plan proposed more than `expiry` ago has expired and awaits nothing.
+    NoSuchIncident, or NotAwaitingApproval naming what there is."""
     events = [s.event for s in await incident_events(js, incident_id)]
     if not any(isinstance(e.data, AnomalyDetected | AnomalyPredicted) for e in events):
         raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
-    waiting = [sid for sid in saga_ids(events) if _awaits_approval(fold(events, sid))]
+    now = datetime.now(UTC)
+    waiting = [sid for sid in saga_ids(events) if _awaits_approval(fold(events, sid), now - expiry)]
     if saga_id is not None:
         if saga_id not in waiting:
             raise NotAwaitingApproval(f"{saga_id} of incident {incident_id} awaits no approval")
@@ -141,8 +146,9 @@ def saga_ids(events: list[Event]) -> list[str]:
     )
 
 
-def _awaits_approval(saga: Saga) -> bool:
+def _awaits_approval(saga: Saga, since: datetime) -> bool:
     return (
         saga.proposed is not None and saga.proposed.mode == "approval" and saga.approved is None
         and saga.rejected is None and saga.started is None
+        and saga.proposed_at is not None and saga.proposed_at > since
     )  # fmt: skip

@@ -56,7 +56,7 @@ async def test_a_dead_holders_saga_is_taken_over_when_its_term_is_over(
     later = datetime.now(UTC) + timedelta(seconds=3)  # past a's 2 s term
     a, b = await two(js, deployer.url, b={"clock": lambda: later})
     saga_id = await proposed(js, a, THREE[:1])
-    assert a.leases is not None and await a.leases.acquire(saga_id) is not None  # then "dies"
+    assert a.leases is not None and await a.leases.acquire(f"saga.{saga_id}")  # then "dies"
     now = Orchestrator(js, a.catalog, POLICY, leases=Leases(a.leases.kv, term=2.0, owner="c"))
     assert await now.advance("inc-1") == {saga_id: BUSY}  # c's clock: a's term is not over
     assert await b.advance("inc-1") == {}  # b's clock: it is
@@ -69,11 +69,11 @@ async def test_a_holder_that_stalled_past_its_term_learns_it_lost_and_leaves_the
     kv = await lease_bucket(js)
     a = Leases(kv, term=0.3, owner="a")
     b = Leases(kv, term=60, owner="b", clock=lambda: datetime.now(UTC) + timedelta(seconds=1))
-    async with a.holding("s1") as lost:
+    async with a.holding("saga.s1") as lost:
         assert lost is not None and not lost.is_set()
-        assert await b.acquire("s1") is not None  # b's clock: a's term is over
+        assert await b.acquire("saga.s1") is not None  # b's clock: a's term is over
         await asyncio.wait_for(lost.wait(), 5)  # a's next renewal finds it gone
     held = Held.model_validate_json((await kv.get("saga.s1")).value or b"")
     assert held.owner == "b"  # a, leaving, did not give back what was no longer its own
-    async with a.holding("s1") as refused:
+    async with a.holding("saga.s1") as refused:
         assert refused is None
