@@ -442,8 +442,11 @@ class Orchestrator:
         assert saga.started is not None
         step = saga.started.steps[i]
         key = idempotency_key(run.saga_id, i, attempt)
-        try:  # each step as the catalog allows it now, whoever wrote the plan's SagaStarted
-            check_plan(self.catalog, [step], incident_service=_service(run.events))
+        try:  # each step as the catalog and policy allow it now, whoever wrote SagaStarted
+            checked = check_plan(self.catalog, [step], incident_service=_service(run.events))
+            mode = self.policy.mode_for_plan(checked.targets, checked.risks)
+            if mode == "approval" and saga.approved is None and not saga.started.dry_run:
+                raise PlanRefused(f"step 0 ({step.action!r}) needs an approval it never had")
         except PlanRefused as exc:
             why = str(exc).removeprefix("step 0 ")
             refused = SagaStepFailed(saga_id=run.saga_id, step=i, action=step.action,

@@ -181,3 +181,14 @@ def test_a_rejection_after_the_start_changes_nothing() -> None:
     """Only a plan not yet started can be rejected; a running saga ends by its own steps."""
     late = RemediationRejected(saga_id="s1", by="bob", reason="too late")
     assert move(proposed(), START, started(0), ok(0), late) == RunStep(1, 1)
+
+
+def test_an_approval_that_came_after_the_expiry_does_not_start_the_plan() -> None:
+    events = [
+        new_event(proposed("approval"), incident_id="inc-1", source="t", occurred_at=T0),
+        new_event(RemediationApproved(saga_id="s1", by="ana"), incident_id="inc-1", source="t",
+                  occurred_at=T0 + EXPIRY + timedelta(seconds=1)),
+    ]  # fmt: skip
+    saga = fold(events, "s1")
+    late = next_move(saga, T0 + 2 * EXPIRY, approval_expiry=EXPIRY)
+    assert late == Expire("no approval within 30 min")

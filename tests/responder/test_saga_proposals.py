@@ -177,3 +177,33 @@ async def test_vigil_saga_says_what_it_needs_in_one_line(tmp_path: Path) -> None
     bad = await run_vigil("saga", env=vigil_env(tmp_path, nats_url="nats://127.0.0.1:9",
                                                 actions=str(tmp_path / "bad.yaml")))  # fmt: skip
     assert bad.rc == 2 and len(bad.err_lines) == 1 and "VIGIL_ACTIONS" in bad.err
+
+
+async def test_the_cli_refuses_odd_ids_names_and_params_in_one_line(
+    js: JetStreamContext, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    await append(js, anomaly("checkout"))
+    env = vigil_env(tmp_path, nats_url=nats_server.url, actions=str(DEPLOY / "actions.yaml"),
+                    policy=str(DEPLOY / "policy.yaml"))  # fmt: skip
+    said = {}
+    for args in (
+        ("propose", "", "rollback_deploy"),
+        ("propose", "inc 1", "rollback_deploy"),
+        ("propose", "inc-1", ""),
+        ("propose", "inc-1", "rollback_deploy", "--param", "service=a", "--param", "service=b"),
+        ("approve", ">"),
+        ("reject", "inc-1", "--saga", ""),
+    ):
+        done = await run_vigil(*args, env=env)
+        assert done.rc == 2 and len(done.err_lines) == 1, done.err
+        said[args[0] + " " + args[1]] = done.err_lines[0]
+    assert said == {
+        "propose ": "vigil: incident '': not an incident id (letters, digits, _ and -)",
+        "propose inc 1": "vigil: incident 'inc 1': not an incident id (letters, digits, _ and -)",
+        "propose inc-1": "vigil: --param service: given twice",
+        "approve >": "vigil: incident '>': not an incident id (letters, digits, _ and -)",
+        "reject inc-1": "vigil: --saga '': not a saga id (letters, digits, _ and -)",
+    }  # (the empty action's line is below: it shares the key with the twice-given param)
+    empty = await run_vigil("propose", "inc-1", "", env=env)
+    assert empty.err_lines == ["vigil: action '': not an action's name (a-z, 0-9, _)"]
+    assert [e.event.type for e in await incident_events(js, "inc-1")] == ["AnomalyDetected"]
