@@ -238,11 +238,13 @@ class Orchestrator:
             # pause lifting) while another orchestrator, finding it held, left it to us?
             events = [s.event for s in await incident_events(self.js, incident_id)]
             saga = fold(events, saga_id)
+            paused = await self._paused()
             move = next_move(
                 saga, self.clock(), approval_expiry=self.policy.approval_expiry,
-                paused=await self._paused(), irreversible=self._irreversible(saga),
+                paused=paused, irreversible=self._irreversible(saga),
             )  # fmt: skip
-            if isinstance(move, Done | Wait):
+            held_open = paused and isinstance(move, ResumeStep | ResumeCompensation)
+            if isinstance(move, Done | Wait) or held_open:  # (held open: it waits for resume)
                 return wait
         return wait  # moving still: the next event or sweep goes on
 

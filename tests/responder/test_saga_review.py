@@ -27,6 +27,7 @@ from eventlog.payloads import (
 from eventlog.publisher import EventPublisher
 from responder.saga.catalog import Catalog, TemplateError
 from responder.saga.executors import HttpRunner, idempotency_key
+from responder.saga.lease import Leases, lease_bucket
 from responder.saga.orchestrator import Orchestrator, Timing, run_orchestrator
 from responder.saga.pause import control_bucket, set_pause
 from responder.saga.plan import PlanRefused, check_plan
@@ -125,12 +126,14 @@ async def test_a_step_that_may_have_acted_is_escalated_after_the_others_are_undo
     assert "SagaCompensated" not in await kinds(js) and len(effects(tmp_path)) == 1
 
 
+@pytest.mark.parametrize("leased", [False, True], ids=["alone", "leased"])
 async def test_while_paused_a_step_a_crash_left_open_is_asked_about_not_run(
-    js: JetStreamContext, deployer: Deployer
+    js: JetStreamContext, deployer: Deployer, leased: bool
 ) -> None:
     await append(js, anomaly("checkout"))
     control = await control_bucket(js)
-    orch = orchestrator(js, deployer, control=control)
+    leases = Leases(await lease_bucket(js), term=2.0) if leased else None
+    orch = orchestrator(js, deployer, control=control, leases=leases)
     saga_id = await proposed(js, orch, THREE[:1])
     plan = [THREE[0].model_copy(update={"compensation": "set_version"})]
     # What an orchestrator killed right after recording the step's start leaves:
