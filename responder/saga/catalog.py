@@ -253,10 +253,61 @@ class Catalog(_Strict):
                 raise ValueError(
                     f"{action.name}: its compensation {undo.action!r} is not in the catalog"
                 )
+            wrong = _template_errors(action, self)
+            if wrong:
+                raise ValueError(f"{action.name}: {wrong}")
         return self
 
     def get(self, name: str) -> Action | None:
         return next((a for a in self.actions if a.name == name), None)
+
+
+def _placeholders(templates: Any) -> list[str]:
+    """Every `{name}` inside a JSON-like structure of templates."""
+    if isinstance(templates, str):
+        return TEMPLATE.findall(templates)
+    if isinstance(templates, dict):
+        return [n for v in templates.values() for n in _placeholders(v)]
+    if isinstance(templates, list):
+        return [n for v in templates for n in _placeholders(v)]
+    return []
+
+
+def _template_errors(action: Action, catalog: Catalog) -> str | None:
+    """What a template of `action` names that will not be there when it runs (a misspelt
+    param), or a compensation that leaves out what its action requires; None if all is well.
+    Said when the catalog loads, not when a step or an undo needs it."""
+    params = sorted(action.params.get("properties", {}))
+    executor = action.executor
+    places: list[tuple[str, Any, set[str]]] = []
+    if isinstance(executor, HttpExecutor):
+        places.append(("executor", [executor.url, executor.body, executor.headers],
+                       {*params, "key"}))  # fmt: skip
+        if executor.outcome_url:
+            places.append(("executor.outcome_url", executor.outcome_url, {*params, "key"}))
+    elif isinstance(executor, CommandExecutor):
+        places.append(("executor.args", executor.args, {*params, "key"}))
+    if action.verify is not None and action.verify.query:
+        places.append(("verify.query", action.verify.query, set(params)))
+    for where, templates, known in places:
+        for name in _placeholders(templates):
+            if name not in known:
+                return f"{where}: {{{name}}} names no param (its params: {', '.join(params)})"
+    undo = action.compensation
+    if isinstance(undo, Compensation):
+        for name in _placeholders(undo.params):
+            section, _, rest = name.partition(".")
+            if section == "output" and rest:
+                continue  # what the step answers is known only then
+            if section != "params" or rest not in params:
+                return (f"compensation: {{{name}}} names neither {{params.<one of "
+                        f"{', '.join(params)}>}} nor {{output.<field>}}")  # fmt: skip
+        target = catalog.get(undo.action)
+        needed = target.params.get("required", []) if target is not None else []
+        missing = sorted(set(needed) - set(undo.params))
+        if missing:
+            return f"compensation: {undo.action} requires {', '.join(missing)}, not given"
+    return None
 
 
 def load_catalog(path: Path) -> Catalog:

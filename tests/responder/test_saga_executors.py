@@ -9,8 +9,8 @@ from responder.saga.catalog import Action, Catalog
 from responder.saga.executors import idempotency_key, runner_for
 from tests.responder.saga_target import Deployer
 
-SCHEMA = {"type": "object", "properties": {"service": {"type": "string"}},
-          "required": ["service"]}  # fmt: skip
+SCHEMA = {"type": "object", "required": ["service"],
+          "properties": {"service": {"type": "string"}, "version": {"type": "string"}}}  # fmt: skip
 
 
 def action(name: str, executor: dict[str, Any]) -> Action:

@@ -418,11 +418,15 @@ async def _settled(js: JetStreamContext) -> None:
 async def test_an_executor_that_cannot_even_send_fails_the_step_instead_of_a_retry_loop(
     js: JetStreamContext, deployer: Deployer
 ) -> None:
-    """A URL template naming no param: nothing was sent, so the step failed, once."""
+    """A URL template naming no param (a catalog refuses one when it loads; here it is put in
+    after): nothing was sent, so the step failed, once."""
     await append(js, anomaly("checkout"))
-    catalog = catalog_for(deployer.url)
-    catalog["actions"][0]["executor"]["url"] = deployer.url + "/services/{team}/deploy"
-    orch = Orchestrator(js, Catalog.model_validate(catalog), POLICY)
+    catalog = Catalog.model_validate(catalog_for(deployer.url))
+    broken = catalog.actions[0].executor.model_copy(
+        update={"url": deployer.url + "/services/{team}/deploy"}
+    )
+    catalog.actions[0] = catalog.actions[0].model_copy(update={"executor": broken})
+    orch = Orchestrator(js, catalog, POLICY)
     await proposed(js, orch, THREE[:1])
     assert await orch.advance("inc-1") == {}
     (failed,) = [e.data for e in await story(js) if isinstance(e.data, SagaStepFailed)]

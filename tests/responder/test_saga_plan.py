@@ -149,6 +149,29 @@ def test_a_wrong_catalog_is_refused_whole_naming_the_action_and_key(tmp_path: Pa
     assert catalog_error(tmp_path, lambda a: a[3]["scope"].update(services=None)) == (
         "actions.3.scope: give services (a pattern) or incident_service_only: true"
     )
+
+    def misspelt(actions: list[dict[str, Any]]) -> None:
+        actions[0]["executor"]["url"] = "http://deployer.internal/services/{servce}/rollback"
+
+    assert catalog_error(tmp_path, misspelt) == (
+        "the file: rollback_deploy: executor: {servce} names no param (its params: service)"
+    )
+    assert catalog_error(
+        tmp_path, lambda a: a[0]["compensation"]["params"].update(service="{params.servic}")
+    ) == (
+        "the file: rollback_deploy: compensation: {params.servic} names neither "
+        "{params.<one of service>} nor {output.<field>}"
+    )
+    assert catalog_error(tmp_path, lambda a: a[0]["compensation"]["params"].pop("version")) == (
+        "the file: rollback_deploy: compensation: deploy_version requires version, not given"
+    )
+
+    def unknown_arg(actions: list[dict[str, Any]]) -> None:
+        actions[2]["executor"]["args"].append("--context={cluster}")
+
+    assert catalog_error(tmp_path, unknown_arg) == (
+        "the file: restart_service: executor.args: {cluster} names no param (its params: service)"
+    )
     verify = {"query": "up", "success_condition": "result < x"}
     assert catalog_error(tmp_path, lambda a: a[0].update(verify=verify)).startswith(
         "actions.0.verify.success_condition: 'result < x': write `empty` or `result <op> number`"
