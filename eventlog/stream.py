@@ -10,8 +10,9 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from eventlog.envelope import SUBJECT_PREFIX
 
@@ -86,6 +87,19 @@ async def ensure_streams(
         }
         if any(getattr(have, k) != v for k, v in update.items()):
             await js.update_stream(dataclasses.replace(have, **update))
+
+
+async def key_value_bucket(
+    js: JetStreamContext, bucket: str, *, description: str, history: int, replicas: int = 1
+) -> KeyValue:
+    """A key-value bucket, made on first use."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        config = KeyValueConfig(
+            bucket=bucket, description=description, history=history, replicas=replicas
+        )
+        return await js.create_key_value(config)
 
 
 def split_servers(url: str | Sequence[str]) -> list[str]:

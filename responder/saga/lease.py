@@ -26,10 +26,11 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import AwareDatetime, BaseModel, ValidationError
+
+from eventlog.stream import key_value_bucket
 
 log = logging.getLogger(__name__)
 LEASE_BUCKET = "vigil_saga_leases"
@@ -42,16 +43,10 @@ class Held(BaseModel):
 
 async def lease_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyValue:
     """The bucket, made on first use."""
-    try:
-        return await js.key_value(LEASE_BUCKET)
-    except BucketNotFoundError:
-        config = KeyValueConfig(
-            bucket=LEASE_BUCKET,
-            description="Vigil: which orchestrator moves each saga now",
-            history=1,
-            replicas=replicas,
-        )
-        return await js.create_key_value(config)
+    return await key_value_bucket(
+        js, LEASE_BUCKET, description="Vigil: which orchestrator moves each saga now",
+        history=1, replicas=replicas,
+    )  # fmt: skip
 
 
 def owner_name() -> str:

@@ -260,13 +260,14 @@ class Orchestrator:
         incidents had one."""
         kinds = ("RemediationProposed", "SagaStarted", *ENDINGS)
         stored = await read_events(self.js, [subject_for("*", t) for t in kinds])
-        events = [s.event for s in stored]
+        by_saga: defaultdict[str, list[Event]] = defaultdict(list)
+        for s in stored:
+            by_saga[s.event.data.saga_id].append(s.event)  # type: ignore[attr-defined]
         incidents = list(
-            dict.fromkeys(
-                e.incident_id
-                for e in events
-                if isinstance(e.data, RemediationProposed)
-                and _open(fold(events, e.data.saga_id))  # as `fold` reads its end
+            dict.fromkeys(  # open as `fold` reads its end; each saga folded once
+                events[0].incident_id
+                for saga_id, events in by_saga.items()
+                if _open(fold(events, saga_id))
             )
         )
         for incident_id in incidents:
@@ -812,7 +813,7 @@ async def _guarded(call: Awaitable[StepOutcome | None]) -> StepOutcome | None:
 
 
 def _open(saga: Saga) -> bool:
-    return saga.ended is None and saga.rejected is None
+    return saga.proposed is not None and saga.ended is None and saga.rejected is None
 
 
 def _resolved(events: list[Event]) -> bool:

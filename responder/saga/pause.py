@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import AwareDatetime, BaseModel, ValidationError
+
+from eventlog.stream import key_value_bucket
 
 log = logging.getLogger(__name__)
 CONTROL_BUCKET = "vigil_control"
@@ -36,16 +37,10 @@ class PauseSwitch(BaseModel):
 
 async def control_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyValue:
     """The bucket, made on first use."""
-    try:
-        return await js.key_value(CONTROL_BUCKET)
-    except BucketNotFoundError:
-        config = KeyValueConfig(
-            bucket=CONTROL_BUCKET,
-            description="Vigil: operators' switches (the pause of remediation)",
-            history=64,
-            replicas=replicas,
-        )
-        return await js.create_key_value(config)
+    return await key_value_bucket(
+        js, CONTROL_BUCKET, description="Vigil: operators' switches (the pause of remediation)",
+        history=64, replicas=replicas,
+    )  # fmt: skip
 
 
 async def set_pause(kv: KeyValue, paused: bool, *, by: str, reason: str = "") -> PauseSwitch:

@@ -52,29 +52,27 @@ from tests.responder.watching import Seen, of, seen
 __all__ = ["deployer", "seen"]  # fixtures
 
 
-def commands(tmp_path: Path, undo_timeout: float | None = None) -> Catalog:
-    """`drain` (a command that leaves a line in `effects`, then, with `undo_timeout`, outlives
-    it) undone by `restore` (the same); `boom` fails."""
+def commands(tmp_path: Path, slow: str) -> Catalog:
+    """`drain`, undone by `restore`, and `boom`, which fails: commands that each leave a line
+    in `effects`; the one named `slow` then outlives its 0.5 s timeout."""
     effects = tmp_path / "effects"
-    for name, tail in (("drain", ""), ("restore", ""), ("boom", "exit 3\n")):
-        script = tmp_path / f"{name}.sh"
-        script.write_text(f'#!/bin/sh\necho "{name} $VIGIL_IDEMPOTENCY_KEY" >> {effects}\n'
-                          f"{tail}sleep {5 if undo_timeout else 0}\n")  # fmt: skip
-        script.chmod(0o755)
     params = {"type": "object", "required": ["service"],
               "properties": {"service": {"type": "string", "pattern": "^[a-z]+$"}}}  # fmt: skip
 
-    def action(name: str, undo: Any, timeout: float = 30) -> dict[str, Any]:
+    def action(name: str, undo: Any, tail: str = "") -> dict[str, Any]:
+        script = tmp_path / f"{name}.sh"
+        script.write_text(f'#!/bin/sh\necho "{name} $VIGIL_IDEMPOTENCY_KEY" >> {effects}\n'
+                          f"{tail}sleep {5 if name == slow else 0}\n")  # fmt: skip
+        script.chmod(0o755)
         return {"name": name, "description": name, "params": params, "risk": "low",
-                "executor": {"kind": "command", "program": str(tmp_path / f"{name}.sh"),
-                             "rerun_safe": False, "timeout_seconds": timeout},
+                "executor": {"kind": "command", "program": str(script), "rerun_safe": False,
+                             "timeout_seconds": 0.5 if name == slow else 30},
                 "compensation": undo, "scope": {"services": "[a-z]+"}}  # fmt: skip
 
     undo = {"action": "restore", "params": {"service": "{params.service}"}}
-    timeout = undo_timeout or 30
     return Catalog.model_validate({"actions": [
-        action("drain", undo, timeout), action("restore", "irreversible", timeout),
-        action("boom", "irreversible"),
+        action("drain", undo), action("restore", "irreversible"),
+        action("boom", "irreversible", "exit 3\n"),
     ]})  # fmt: skip
 
 
@@ -87,17 +85,8 @@ async def test_a_compensation_that_may_have_acted_is_escalated_not_run_again(
     js: JetStreamContext, tmp_path: Path
 ) -> None:
     await append(js, anomaly("checkout"))
-    catalog = commands(tmp_path)
-    catalog = catalog.model_copy(update={"actions": [
-        catalog.actions[0],
-        catalog.actions[1].model_copy(update={"executor": catalog.actions[1].executor.model_copy(
-            update={"timeout_seconds": 0.5})}),
-        catalog.actions[2],
-    ]})  # fmt: skip
-    (tmp_path / "restore.sh").write_text(
-        f'#!/bin/sh\necho "restore $VIGIL_IDEMPOTENCY_KEY" >> {tmp_path / "effects"}\nsleep 5\n'
-    )
-    orch = Orchestrator(js, catalog, POLICY, timing=Timing(backoff=0.01))
+    orch = Orchestrator(js, commands(tmp_path, slow="restore"), POLICY,
+                        timing=Timing(backoff=0.01))  # fmt: skip
     drain = RemediationAction(action="drain", params={"service": "checkout"})
     boom = RemediationAction(action="boom", params={"service": "checkout"})
     await proposed(js, orch, [drain, boom])
@@ -113,8 +102,8 @@ async def test_a_step_that_may_have_acted_is_escalated_after_the_others_are_undo
     js: JetStreamContext, tmp_path: Path
 ) -> None:
     await append(js, anomaly("checkout"))
-    catalog = commands(tmp_path, undo_timeout=0.5)  # drain outlives its timeout
-    orch = Orchestrator(js, catalog, POLICY, timing=Timing(backoff=0.01))
+    orch = Orchestrator(js, commands(tmp_path, slow="drain"), POLICY,
+                        timing=Timing(backoff=0.01))  # fmt: skip
     await proposed(js, orch, [RemediationAction(action="drain", params={"service": "checkout"})])
     waits = await orch.advance("inc-1")
     assert [w.why for w in waits.values()] == ["a human must check a step"]
