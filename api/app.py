@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.responses import Response
+from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import AlertIndex
 from alertmanager.metrics import webhook_metrics
 from alertmanager.receiver import DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_WINDOW
+from api import commands, ops, page, queries, slack
+from api.auth import ApiToken, Tokens
 from api.webhooks import add_webhook_routes
 from eventlog.publisher import EventPublisher
 
@@ -27,13 +30,34 @@ class WebhookConfig:
     event_budget: int = EVENT_BUDGET  # bytes one alert's event may take (NATS max_payload)
 
 
+@dataclass(frozen=True)
+class ApiContext:
+    """What the API's queries, commands and page need besides the webhook's parts.
+
+    `nc` reads the stream (timelines, live streams), asks the projector's SQL service (lists,
+    SQL) and records commands; the page links PromQL to `prometheus_url`'s graph and Slack
+    links to `base_url`."""
+
+    nc: NATS
+    tokens: list[ApiToken] = field(default_factory=list)
+    base_url: str = "http://127.0.0.1:8080"
+    prometheus_url: str | None = None
+    sql_max_rows: int = 10_000
+    sql_timeout: float = 30.0
+    approval_expiry: timedelta = timedelta(minutes=30)
+    slack_signing_secret: str | None = None
+
+
 def create_app(
     publisher: EventPublisher,
     index: AlertIndex,
     webhook: WebhookConfig,
     *,
     registry: CollectorRegistry = REGISTRY,
+    context: ApiContext | None = None,
 ) -> FastAPI:
+    """The webhook and /metrics always; with `context`, the API of /api/v1, the page at `/`
+    and Slack's interactions too."""
     app = FastAPI(title="Vigil", version="0.1.0")
     app.state.publisher = publisher
     app.state.alert_index = index
@@ -41,6 +65,14 @@ def create_app(
     app.state.webhook_metrics = webhook_metrics(registry)
     add_webhook_routes(app)
     add_metrics(app, registry)
+    if context is not None:
+        app.state.context = context
+        app.state.tokens = Tokens(context.tokens)
+        queries.add_routes(app)
+        commands.add_routes(app)
+        ops.add_routes(app, registry)
+        slack.add_routes(app)
+        page.add_routes(app)
     return app
 
 

@@ -22,7 +22,7 @@ from nats.errors import Error as NatsError
 
 from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import MAX_RECORD_BYTES, AlertIndex
-from api.app import WebhookConfig, create_app
+from api.app import ApiContext, WebhookConfig, create_app
 from detector.poller import run_detector
 from detector.rules import RuleSet
 from eventlog.projector import Projector
@@ -282,6 +282,7 @@ async def run_api(
                 read_timeout=settings.webhook_read_timeout_seconds,
                 event_budget=event_budget(nc.max_payload),
             ),
+            context=api_context(settings, nc),
         )
         # A request may wait out the timeout three times (index, decision, publish) before 503.
         grace = 3 * settings.webhook_timeout_seconds
@@ -295,6 +296,25 @@ async def run_api(
                 )  # fmt: skip
         finally:
             await index.close()
+
+
+def api_context(settings: Settings, nc: NATS) -> ApiContext:
+    """What /api/v1, the page and Slack's buttons are given; says at start when no API token
+    is configured, since the API then answers loopback clients only."""
+    if not settings.api_tokens:
+        log.warning(
+            "no API token configured (VIGIL_API_TOKENS): the API answers loopback clients only"
+        )
+    secret = settings.slack_signing_secret
+    return ApiContext(
+        nc=nc,
+        tokens=settings.api_tokens,
+        base_url=settings.api_base_url,
+        prometheus_url=settings.prometheus_url,
+        sql_max_rows=settings.sql_max_rows,
+        sql_timeout=settings.sql_timeout_seconds,
+        slack_signing_secret=secret.get_secret_value() if secret else None,
+    )
 
 
 def event_budget(max_payload: int) -> int:

@@ -20,6 +20,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from api.auth import ApiToken
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="forbid")
@@ -97,6 +99,36 @@ class Settings(BaseSettings):
         default=6.0, ge=0.5, le=300,
         description="an orchestrator that dies mid-saga: another goes on after this long",
     )  # fmt: skip
+    api_tokens: Annotated[list[ApiToken], NoDecode] = Field(
+        default_factory=list,
+        description="the API's bearer tokens, comma-separated `name:scope:token` (scope read "
+        "or operate); in the YAML file a list of {name, scope, token}. None: the API answers "
+        "loopback clients only",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="where people reach the API and its page (links in Slack); unset: "
+        "http://VIGIL_HTTP_HOST:VIGIL_HTTP_PORT",
+    )
+    slack_bot_token: SecretStr | None = Field(
+        default=None, description="xoxb-...: one Slack thread per incident in VIGIL_SLACK_CHANNEL"
+    )
+    slack_channel: str | None = Field(default=None, description="channel id (C...) or #name")
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, description="a Slack incoming webhook: one message per milestone, no thread"
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        default=None, description="verifies Slack's requests to /slack/interactions (buttons)"
+    )
+    slack_api_url: str = Field(
+        default="https://slack.com/api/", description="Slack's Web API base (tests: a fake)"
+    )
+    notify_webhook_url: str | None = Field(
+        default=None, description="a generic JSON webhook: one POST per milestone"
+    )
+    notify_webhook_token: SecretStr | None = Field(
+        default=None, description="sent as `Authorization: Bearer` to VIGIL_NOTIFY_WEBHOOK_URL"
+    )
     model: str = "builtin"
     stream_replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_seconds: float = Field(default=120.0, gt=0)
@@ -148,6 +180,33 @@ class Settings(BaseSettings):
         if isinstance(value, str):  # the environment's `a.tools, b.tools`; YAML gives a list
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _token_triples(cls, value: object) -> object:
+        if isinstance(value, str):  # the environment's `ci:operate:s3cret, grafana:read:t0k3n`
+            return [ApiToken.parse(item) for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_names_unique(cls, value: list[ApiToken]) -> list[ApiToken]:
+        names = [t.name for t in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two API tokens are named {name!r}; names must be unique")
+        secrets = [t.token.get_secret_value() for t in value]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two API tokens have the same secret; each needs its own")
+        return value
+
+    @property
+    def api_base_url(self) -> str:
+        """Where links point: VIGIL_PUBLIC_URL, or this process's own address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
+        return f"http://{host}:{self.http_port}"
 
     @property
     def db_path(self) -> Path:
