@@ -11,9 +11,10 @@ SYSTEM_PACKAGES := PYTHON='$(PYTHON)' scripts/system-packages
 # What each target runs that pip does not install, as CHECK=PACKAGE (a command on PATH, or
 # python-venv: $(PYTHON) can make virtualenvs, which Debian's python3 needs python3-venv for).
 VENV_NEEDS := python-venv=python3-venv
-# `make demo` runs a real Prometheus and Alertmanager; the tests run them and promtool.
+# `make demo` runs a real Prometheus and Alertmanager; the tests run them, promtool, and the
+# timeline page in a headless chromium (driven by Playwright at that executable).
 DEMO_NEEDS := $(VENV_NEEDS) prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager
-TEST_NEEDS := $(DEMO_NEEDS) promtool=prometheus
+TEST_NEEDS := $(DEMO_NEEDS) promtool=prometheus chromium=chromium
 BENCH_NEEDS := $(VENV_NEEDS) wrk=wrk
 
 .PHONY: demo test lint bench clean packages-demo packages-test packages-bench
