@@ -1,0 +1,69 @@
+"""The API in process against the test's nats-server, and a projector answering SQL over NATS
+(as `vigil projector` does), for tests of /api/v1's commands, SQL and ops routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from alertmanager.alert_index import AlertIndex
+from api.app import ApiContext, WebhookConfig, create_app
+from api.auth import ApiToken
+from eventlog.projector import Projector
+from eventlog.publisher import EventPublisher
+from eventlog.sql_service import serve_sql
+from eventlog.store import ProjectionStore
+
+OPERATE = "ana-operate-token-000001"
+READ = "rob-read-token-0000000001"
+TOKENS = [
+    ApiToken(name="ana", scope="operate", token=SecretStr(OPERATE)),
+    ApiToken(name="rob", scope="read", token=SecretStr(READ)),
+]
+AS_ANA = {"Authorization": f"Bearer {OPERATE}"}
+AS_ROB = {"Authorization": f"Bearer {READ}"}
+
+
+@contextlib.asynccontextmanager
+async def api(nc: NATS, **context: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The whole app (webhook, /metrics, /api/v1) with ana (operate) and rob (read)."""
+    js = nc.jetstream()
+    index = await AlertIndex.open(js)
+    app = create_app(
+        EventPublisher(js, ack_timeout=2.0),
+        index,
+        WebhookConfig(token="webhook-token-00001", timeout=2.0),
+        registry=CollectorRegistry(),
+        context=ApiContext(nc=nc, **({"tokens": TOKENS} | context)),
+    )
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as client:
+            yield client
+    finally:
+        await index.close()
+
+
+@contextlib.asynccontextmanager
+async def projector_serving(nc: NATS, path: Path) -> AsyncIterator[Projector]:
+    """A projector following the stream into `path` and answering read-only SQL over NATS."""
+    store = ProjectionStore(path)
+    projector = Projector(nc.jetstream(), store, batch=200)
+    service = await serve_sql(nc, store.con, store.db_id, timeout=5.0, max_rows=1000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        yield projector
+    finally:
+        stop.set()
+        await task
+        await service.stop()
+        store.close()
