@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -33,23 +34,29 @@ AS_ROB = {"Authorization": f"Bearer {READ}"}
 
 
 @contextlib.asynccontextmanager
-async def api(nc: NATS, **context: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def api_app(nc: NATS, **context: Any) -> AsyncIterator[FastAPI]:
     """The whole app (webhook, /metrics, /api/v1) with ana (operate) and rob (read)."""
     js = nc.jetstream()
     index = await AlertIndex.open(js)
-    app = create_app(
-        EventPublisher(js, ack_timeout=2.0),
-        index,
-        WebhookConfig(token="webhook-token-00001", timeout=2.0),
-        registry=CollectorRegistry(),
-        context=ApiContext(nc=nc, **({"tokens": TOKENS} | context)),
-    )
-    transport = httpx.ASGITransport(app=app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as client:
-            yield client
+        yield create_app(
+            EventPublisher(js, ack_timeout=2.0),
+            index,
+            WebhookConfig(token="webhook-token-00001", timeout=2.0),
+            registry=CollectorRegistry(),
+            context=ApiContext(nc=nc, **({"tokens": TOKENS} | context)),
+        )
     finally:
         await index.close()
+
+
+@contextlib.asynccontextmanager
+async def api(nc: NATS, **context: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """`api_app`, and an httpx client calling it in process."""
+    async with api_app(nc, **context) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as client:
+            yield client
 
 
 @contextlib.asynccontextmanager
