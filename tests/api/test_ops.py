@@ -74,8 +74,8 @@ async def test_sql_answers_from_the_read_model_within_its_limits(
     last = await publish(js, investigated())
     async with projector_serving(nc, db_path) as projector, api(nc, sql_max_rows=3) as c:
         await projector.wait_for(last)
-        answer = await c.post("/api/v1/sql", headers=AS_ROB, json={
-            "query": "SELECT incident_id, count(*) AS n FROM events GROUP BY 1 ORDER BY 1"})  # fmt: skip
+        query = "SELECT incident_id, count(*) AS n FROM events GROUP BY 1 ORDER BY 1"
+        answer = await c.post("/api/v1/sql", headers=AS_ROB, json={"query": query})
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"columns": ["incident_id", "n"],
                                  "rows": [["inc-m", 10], ["inc-n", 2], ["inc-p", 3]],
