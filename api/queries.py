@@ -194,9 +194,11 @@ async def all_events_stream(
 
 
 async def _stream(request: Request, subject: str, after: int) -> EventSourceResponse:
-    """The consumer is made before the answer starts (a failure is still a 503), and deleted
-    when the client goes away or the server stops."""
-    follower = EventFollower(_context(request).nc.jetstream(), subject, after=after)
+    """The consumer is made before the answer starts (a failure is still a 503; once the
+    headers are out, every event appended is sent), and deleted when the client goes away or
+    the server stops."""
+    ctx = _context(request)
+    follower = EventFollower(ctx.nc.jetstream(), subject, after=after, until=ctx.stopping)
     try:
         await follower.__aenter__()
     except NatsError as exc:

@@ -12,11 +12,13 @@ that goes away leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
 
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -53,17 +55,25 @@ class EventFollower:
     """The events on `subject` after stream sequence `after`, as they come, until closed.
 
     Use as `async with EventFollower(js, subject, after=n) as events: async for e in events`.
-    Iterating waits for the next event without end; a message that is not a valid event is
+    Iterating waits for the next event, and ends when `until` is set (a server that stops
+    must not wait for its clients to hang up); a message that is not a valid event is
     skipped with a warning (the projector dead-letters it). `after` is the last sequence the
     reader has (0: from the stream's start).
     """
 
     def __init__(
-        self, js: JetStreamContext, subject: str, *, after: int, stream: str = EVENTS_STREAM
+        self,
+        js: JetStreamContext,
+        subject: str,
+        *,
+        after: int,
+        until: asyncio.Event | None = None,
+        stream: str = EVENTS_STREAM,
     ) -> None:
         if after < 0:
             raise ValueError(f"after must be a stream sequence >= 0, not {after}")
         self.js, self.subject, self.after, self.stream = js, subject, after, stream
+        self.until = until or asyncio.Event()
         self._sub: JetStreamContext.PushSubscription | None = None
 
     async def __aenter__(self) -> EventFollower:
@@ -92,16 +102,35 @@ class EventFollower:
 
     async def _events(self) -> AsyncIterator[StoredEvent]:
         assert self._sub is not None, "enter the follower first"
-        while True:
-            msg = await self._sub.next_msg(timeout=None)
-            seq = msg.metadata.sequence.stream
-            try:
-                event = parse_event(msg.data)
-            except MalformedEvent as exc:
-                log.warning("skipping malformed event at seq %s: %s", seq, exc.reason)
-                continue
-            self.after = seq
-            yield StoredEvent(event, seq)
+        stopping = asyncio.ensure_future(self.until.wait())
+        arriving: asyncio.Future[Msg] | None = None
+        try:
+            while not self.until.is_set():
+                arriving = asyncio.ensure_future(self._sub.next_msg(timeout=None))
+                await asyncio.wait({arriving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not arriving.done():
+                    return
+                stored = self._stored(arriving.result())
+                if stored is not None:
+                    yield stored
+        finally:
+            stopping.cancel()
+            if arriving is not None:
+                arriving.cancel()
+
+    def _stored(self, msg: Msg) -> StoredEvent | None:
+        """The event, or None for a malformed one, or one at or before `after`: nats-py
+        restarts an ordered consumer that saw nothing yet from the stream's first message."""
+        seq = msg.metadata.sequence.stream
+        if seq <= self.after:
+            return None
+        try:
+            event = parse_event(msg.data)
+        except MalformedEvent as exc:
+            log.warning("skipping malformed event at seq %s: %s", seq, exc.reason)
+            return None
+        self.after = seq
+        return StoredEvent(event, seq)
 
     async def close(self) -> None:
         """Stop the subscription and delete the consumer; a lost connection is not an error
