@@ -55,7 +55,7 @@ class ReadModel:
 async def read_model(nc: NATS, js: JetStreamContext, path: Path) -> AsyncIterator[ReadModel]:
     """A projector following the stream into `path`, its SQL service on the bus."""
     store = ProjectionStore(path)
-    projector = Projector(js, store)
+    projector = Projector(js, store, fetch_timeout=0.1)  # stops within 0.1 s
     service = await serve_sql(nc, store.con, store.db_id, timeout=10.0)
     stop = asyncio.Event()
     task = asyncio.create_task(projector.run(stop))

@@ -157,29 +157,24 @@ async def test_filters_by_status_service_and_time(
     assert await ids(status="open", service="o'brien") == ["inc-2"]
 
 
-@pytest.mark.parametrize(
-    ("params", "says"),
-    [
-        ({"status": "closed"}, "status 'closed' is not one of open, investigating, diagnosed"),
-        ({"since": "yesterday"}, "since 'yesterday' is not an ISO 8601 time with a zone"),
-        ({"until": "2026-11-24T12:00:00"}, "until '2026-11-24T12:00:00' is not an ISO 8601 time"),
-        (
-            {"since": "2026-11-25T00:00:00Z", "until": "2026-11-24T00:00:00Z"},
-            "since must be before",
-        ),
-        ({"cursor": "not-a-cursor"}, "cursor: not one this API gave"),
-        ({"cursor": Cursor(1, "x' OR 1=1 --").encode()}, "cursor: not one this API gave"),
-        ({"limit": "0"}, "limit"),
-        ({"limit": "501"}, "limit"),
-        ({"service": ""}, "service: give 1 to 256 characters"),
-    ],
-)
-async def test_a_bad_filter_is_422_naming_it(
-    client: httpx.AsyncClient, params: dict[str, str], says: str
-) -> None:
-    answer = await client.get("/api/v1/incidents", params=params, headers=READ)
-    assert answer.status_code == 422
-    assert says in str(answer.json()["detail"])
+BAD_FILTERS = [
+    ({"status": "closed"}, "status 'closed' is not one of open, investigating, diagnosed"),
+    ({"since": "yesterday"}, "since 'yesterday' is not an ISO 8601 time with a zone"),
+    ({"until": "2026-11-24T12:00:00"}, "until '2026-11-24T12:00:00' is not an ISO 8601 time"),
+    ({"since": "2026-11-25T00:00:00Z", "until": "2026-11-24T00:00:00Z"}, "since must be before"),
+    ({"cursor": "not-a-cursor"}, "cursor: not one this API gave"),
+    ({"cursor": Cursor(1, "x' OR 1=1 --").encode()}, "cursor: not one this API gave"),
+    ({"limit": "0"}, "limit"),
+    ({"limit": "501"}, "limit"),
+    ({"service": ""}, "service: give 1 to 256 characters"),
+]
+
+
+async def test_a_bad_filter_is_422_naming_it(client: httpx.AsyncClient) -> None:
+    for params, says in BAD_FILTERS:
+        answer = await client.get("/api/v1/incidents", params=params, headers=READ)
+        assert answer.status_code == 422, params
+        assert says in str(answer.json()["detail"]), (params, answer.text)
 
 
 async def test_pages_hold_every_incident_once_while_new_ones_arrive(
