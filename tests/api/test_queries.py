@@ -29,7 +29,7 @@ from eventlog.payloads import (
 from eventlog.publisher import EventPublisher
 from eventlog.sql_service import serve_sql
 from eventlog.store import ProjectionStore
-from tests.api.serving import READ, TOKENS, ReadModel, api_app, in_process, read_model
+from tests.api.reading import READ, TOKENS, ReadModel, api_app, in_process, read_model
 from tests.eventlog.projecting import fired
 from tests.eventlog.samples import concluded, event
 

@@ -20,7 +20,7 @@ from eventlog.envelope import Event
 from eventlog.history import incident_events
 from eventlog.publisher import EventPublisher
 from eventlog.stream import EVENTS_STREAM
-from tests.api.serving import READ, api_app, served
+from tests.api.reading import READ, api_app, served
 from tests.eventlog.samples import agent_step, event
 
 
