@@ -1,6 +1,6 @@
-"""The API of /api/v1 for tests of its queries, against real parts: the test's nats-server, a
-stream into a DuckDB file and answering SQL on the bus, and the app (in process over ASGI, or
-under uvicorn on a free loopback port for streaming clients)."""
+"""The API of /api/v1 for tests of its queries, against real parts: the test's nats-server,
+a projector following the stream into a DuckDB file and answering SQL on the bus, and the app
+(in process over ASGI, or under uvicorn on a free loopback port for streaming clients)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from tests.api.serving import read_model
+from tests.api.reading import read_model
 from tests.eventlog.projecting import fired
 from tests.vigil.vigil_cli_support import vigil_env
 from vigil.broker import EmbeddedNats
