@@ -181,7 +181,7 @@ async def test_keep_alive_comments_while_nothing_happens(
     ("path", "headers", "status", "says"),
     [
         ("/api/v1/incidents/nope/stream", {}, 404, "no incident 'nope'"),
-        ("/api/v1/incidents/a.b/stream", {}, 422, "'a.b' is not an incident id"),
+        ("/api/v1/incidents/a.b/stream", {}, 422, "incident_id"),
         ("/api/v1/stream", {"Last-Event-ID": "x1"}, 422, "Last-Event-ID 'x1' is not a stream"),
         ("/api/v1/stream?after=-3", {}, 422, "after"),
         ("/api/v1/stream", {"Authorization": "Bearer wrong-token"}, 401, "VIGIL_API_TOKENS"),
