@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi import Path as PathParam
 from nats.errors import ConnectionClosedError, NoServersError
@@ -33,6 +32,7 @@ from pydantic import (
 
 from api.auth import Operator, Reader
 from api.context import ApiContext, Context
+from api.models import TimelineEvent
 from api.problems import problem
 from eventlog.envelope import INCIDENT_ID_PATTERN, new_event
 from eventlog.history import StoredEvent, incident_events
@@ -54,21 +54,6 @@ Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 IncidentId = Annotated[
     str, PathParam(pattern=INCIDENT_ID_PATTERN, description="letters, digits, _ and -")
 ]
-
-
-class TimelineEvent(BaseModel):
-    """An event as the stream holds it: the envelope's fields, and `seq`, its stream sequence."""
-
-    id: uuid.UUID
-    type: str
-    incident_id: str
-    occurred_at: datetime
-    source: str
-    causation_id: uuid.UUID | None
-    correlation_id: uuid.UUID | None
-    schema_version: int
-    data: dict[str, Any]
-    seq: int
 
 
 class Recorded(BaseModel):
@@ -146,11 +131,6 @@ class PauseBody(_Body):
     reason: Text = ""
 
 
-def timeline_event(stored: StoredEvent) -> TimelineEvent:
-    """The envelope's JSON (as the stream holds it) and its stream sequence."""
-    return TimelineEvent.model_validate(orjson.loads(stored.event.to_json()) | {"seq": stored.seq})
-
-
 UNKNOWN = problem("no anomaly was ever recorded for this incident")
 AUTH = {
     401: problem("no bearer token, or one not configured"),
@@ -201,7 +181,7 @@ async def _decide(
             raise HTTPException(404, str(exc)) from None
         except NotAwaitingApproval as exc:
             raise HTTPException(409, str(exc)) from None
-    return Recorded(event=timeline_event(stored))
+    return Recorded(event=TimelineEvent.of(stored))
 
 
 @router.post(
@@ -225,7 +205,7 @@ async def acknowledge(
         except WrongLastSequence:
             _check_acknowledgeable(await _incident(context.js, incident_id))
             raise HTTPException(409, f"incident {incident_id} was acknowledged meanwhile") from None
-    return Recorded(event=timeline_event(StoredEvent(event, ack.seq)))
+    return Recorded(event=TimelineEvent.of(StoredEvent(event, ack.seq)))
 
 
 async def _incident(js: JetStreamContext, incident_id: str) -> IncidentRow:
@@ -275,7 +255,7 @@ async def investigate(
             raise HTTPException(
                 409, f"another attempt at incident {incident_id} was opened meanwhile"
             ) from None
-    return Recorded(event=timeline_event(stored))
+    return Recorded(event=TimelineEvent.of(stored))
 
 
 @router.post("/changes", responses=AUTH | UNAVAILABLE)
@@ -292,7 +272,7 @@ async def record_change(body: ChangeBody, principal: Operator, context: Context)
     event = new_event(data, incident_id=f"change-{uuid.uuid4().hex[:12]}", source=SOURCE)
     with _bus_errors():
         ack = await EventPublisher(context.js).publish(event)
-    return Recorded(event=timeline_event(StoredEvent(event, ack.seq)))
+    return Recorded(event=TimelineEvent.of(StoredEvent(event, ack.seq)))
 
 
 @router.post("/remediation/pause", responses=AUTH | UNAVAILABLE)

@@ -308,11 +308,14 @@ async def test_nats_gone_is_503_and_the_retry_records_once(
     assert len(acks) == 1
 
 
-def test_the_api_takes_the_approval_expiry_from_the_policy_file(tmp_path: Path) -> None:
-    from vigil.app import approval_expiry
+async def test_the_api_takes_its_expiry_and_model_from_the_settings(
+    nc: NATS, tmp_path: Path
+) -> None:
+    from vigil.app import api_context
     from vigil.settings import Settings
 
     (tmp_path / "policy.yaml").write_text("approval_expiry_minutes: 7\n")
-    settings = Settings(data_dir=tmp_path, policy=tmp_path / "policy.yaml")
-    assert approval_expiry(settings) == timedelta(minutes=7)
-    assert approval_expiry(Settings(data_dir=tmp_path)) == timedelta(minutes=30)
+    settings = Settings(data_dir=tmp_path, policy=tmp_path / "policy.yaml", model="test")
+    context = api_context(settings, nc)
+    assert (context.approval_expiry, context.model) == (timedelta(minutes=7), "test")
+    assert api_context(Settings(data_dir=tmp_path), nc).approval_expiry == timedelta(minutes=30)
