@@ -305,14 +305,9 @@ def api_context(
     *,
     stopping: asyncio.Event | None = None,
 ) -> ApiContext:
-    """What /api/v1, the page and Slack's buttons are given; says at start when no API token
-    is configured, since the API then answers loopback clients only. Links point to
+    """What /api/v1, the page and Slack's buttons are given. Links point to
     VIGIL_PUBLIC_URL, else to the address `sock` is bound to (a free port's real number).
     `stopping`, once set, ends the live streams (SSE): the server stops without waiting."""
-    if not settings.api_tokens:
-        log.warning(
-            "no API token configured (VIGIL_API_TOKENS): the API answers loopback clients only"
-        )
     from responder.saga.policy import load_policy
 
     try:  # an approval's expiry, as the orchestrator applies it (the page shows it)

@@ -123,6 +123,9 @@ def up() -> None:
                 console.print(f"NATS   {url} ({where})")
                 console.print(f"DuckDB {cfg.db_path}")
                 console.print(f"HTTP   http://{host}:{port}/webhooks/alertmanager")
+                console.print(
+                    f"API    http://{host}:{port}/api/v1 (the page at /, OpenAPI at /docs)"
+                )
                 if cfg.responder_enabled:
                     model = f"Model  {cfg.model} (investigations)"
                 else:
@@ -130,8 +133,7 @@ def up() -> None:
                 console.print(model, markup=False, emoji=False)
                 if cfg.actions is not None:
                     console.print(f"Sagas  actions {cfg.actions}, policy {cfg.policy or 'default'}")
-                if cfg.webhook_token is None:
-                    err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
+                warn_of_missing_tokens(cfg)
                 if rules:
                     n, source = len(rules.rules), cfg.prometheus_url
                     console.print(f"Rules  {n} from {cfg.rules}, polling {source}")
@@ -476,6 +478,17 @@ def nats_url_of(cfg: Settings) -> str:
     return runtime.nats_url
 
 
+def warn_of_missing_tokens(cfg: Settings) -> None:
+    """Said once everything is up: what a missing token leaves closed or open."""
+    if cfg.webhook_token is None:
+        err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
+    if not cfg.api_tokens:
+        err.print(
+            "warning: VIGIL_API_TOKENS is not set: the API and its page answer loopback "
+            "clients only"
+        )
+
+
 @app.command()
 def api() -> None:
     """Run the HTTP API alone against VIGIL_NATS_URL: the webhook, /api/v1 and the page.
@@ -496,8 +509,7 @@ def api() -> None:
             where = f"[{host}]" if ":" in host else host
             console.print(f"API    http://{where}:{port}/api/v1 (the page at /, OpenAPI at /docs)")
             console.print(f"HTTP   http://{where}:{port}/webhooks/alertmanager")
-            if cfg.webhook_token is None:
-                err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
+            warn_of_missing_tokens(cfg)
             console.print("vigil api is up")
 
         await run_api(cfg, cfg.nats_url, sock, stop, on_ready=announce)
