@@ -189,6 +189,9 @@ def test_the_fleet_has_every_part_the_issue_names() -> None:
     assert SERVICES["worker"]["deploy"]["replicas"] == 2
     for role in ("api", "projector", "saga", "notifier", "detector"):
         assert SERVICES[role].get("deploy", {}).get("replicas", 1) == 1
+    # Only the notifier waits to be asked for: it needs a channel (Slack, a webhook) to run.
+    assert {name for name in SERVICES if "profiles" in SERVICES[name]} == {"notifier"}
+    assert SERVICES["notifier"]["profiles"] == ["notify"]
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -652,3 +655,35 @@ def test_the_build_context_leaves_out_what_the_image_does_not_need() -> None:
               if not args.startswith("--from")}  # fmt: skip
     for name in needed:
         assert not any(fnmatch(name, pattern) for pattern in ignored if pattern[0] != "#")
+
+
+# -- what README says of it ---------------------------------------------------------------------
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+@pytest.mark.parametrize("title", ["First five minutes", "Running a fleet"])
+def test_the_readme_names_only_real_settings_commands_and_files(title: str) -> None:
+    import typer
+
+    from vigil.cli import app
+
+    said = readme_section(title)
+    fields = {f"VIGIL_{name.upper()}" for name in Settings.model_fields}
+    assert set(re.findall(r"\bVIGIL_[A-Z0-9_]*[A-Z0-9]\b", said)) <= fields
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    named = set(re.findall(r"`vigil ([a-z]+)", said)) | set(re.findall(r"\bvigil ([a-z]+) ", said))
+    assert named <= set(group.commands)
+    for path in re.findall(r"`((?:deploy|tests)/[\w./-]+)`", said):
+        for node in "123" if "nats-N" in path else "N":  # one config per node
+            assert (ROOT / path.replace("nats-N", f"nats-{node}")).exists(), path
+    if title == "Running a fleet":  # its table of services names each, and nothing else
+        firsts = [line.split("|")[1] for line in said.splitlines() if line.startswith("| `")]
+        listed = {n for cell in firsts for n in re.findall(r"`([a-z][a-z0-9-]*)`", cell)}
+        assert listed == set(SERVICES)
