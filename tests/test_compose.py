@@ -33,6 +33,7 @@ import httpx
 import jsonschema
 import nats.errors
 import pytest
+import typer
 import yaml
 
 from detector.rules import load_rules
@@ -43,6 +44,7 @@ from responder.tools.config_file import load_config_file
 from responder.tools.signals import load_signals
 from responder.tools.topology import Topology
 from vigil.broker import nats_server_binary
+from vigil.cli import app
 from vigil.demo_acts import SHOP_ADMIN
 from vigil.settings import Settings
 from vigil.shop import SHOP
@@ -669,10 +671,6 @@ def readme_section(title: str) -> str:
 
 @pytest.mark.parametrize("title", ["First five minutes", "Running a fleet"])
 def test_the_readme_names_only_real_settings_commands_and_files(title: str) -> None:
-    import typer
-
-    from vigil.cli import app
-
     said = readme_section(title)
     fields = {f"VIGIL_{name.upper()}" for name in Settings.model_fields}
     assert set(re.findall(r"\bVIGIL_[A-Z0-9_]*[A-Z0-9]\b", said)) <= fields
