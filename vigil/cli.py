@@ -907,6 +907,44 @@ def demo(
             clear_runtime(cfg.data_dir)
 
 
+@app.command()
+def shop(
+    host: Annotated[str, typer.Option(help="the address every service listens on")] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=65530,
+            help="frontend's port; checkout, payments, search and the admin gateway take the "
+            "next ones, in that order",
+        ),
+    ] = 8101,
+    rate: Annotated[float, typer.Option(min=0.1, help="requests per second to the frontend")] = 20,
+) -> None:
+    """Run the demo shop alone (its services, their /metrics, the admin gateway) with traffic,
+    until Ctrl-C: what `vigil demo` breaks, for a fleet's Prometheus to scrape."""
+    from vigil.shop import SHOP, generate_traffic, running_shop
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                running = await stack.enter_async_context(running_shop(host=host, port=port))
+            except OSError as exc:  # a port taken: one line
+                raise CliError(
+                    f"cannot listen on {host}, ports {port} to {port + len(SHOP)}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            for name, service in running.services.items():
+                console.print(f"{name:<9}{service.url} (/metrics, /admin/...)", markup=False)
+            console.print(f"admin    {running.admin_url}/services/<name>/admin/...", markup=False)
+            console.print(f"shop is up: {rate:g} requests/s to the frontend", markup=False)
+            await generate_traffic(running.services["frontend"].url, stop, rate=rate)
+
+    run(main())
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     tune_gc()
