@@ -75,6 +75,7 @@ class FakeSlack:
     # Set `hold`: the next chat.postMessage is stored, then waits for it before answering.
     hold: asyncio.Event | None = None
     held: asyncio.Event = field(default_factory=asyncio.Event)
+    responded: asyncio.Event = field(default_factory=asyncio.Event)  # a response_url got one
     url: str = ""
     _clock: int = 0
 
@@ -197,6 +198,7 @@ class FakeSlack:
 
     async def _respond(self, request: Request) -> Response:
         self.responses[request.path_params["key"]].append(await request.json())
+        self.responded.set()
         return Response("ok", media_type="text/plain")
 
 
