@@ -283,7 +283,7 @@ async def run_api(
                 read_timeout=settings.webhook_read_timeout_seconds,
                 event_budget=event_budget(nc.max_payload),
             ),
-            context=api_context(settings, nc),
+            context=api_context(settings, nc, sock),
         )
         # A request may wait out the timeout three times (index, decision, publish) before 503.
         grace = 3 * settings.webhook_timeout_seconds
@@ -299,9 +299,10 @@ async def run_api(
             await index.close()
 
 
-def api_context(settings: Settings, nc: NATS) -> ApiContext:
+def api_context(settings: Settings, nc: NATS, sock: socket.socket | None = None) -> ApiContext:
     """What /api/v1, the page and Slack's buttons are given; says at start when no API token
-    is configured, since the API then answers loopback clients only."""
+    is configured, since the API then answers loopback clients only. Links point to
+    VIGIL_PUBLIC_URL, else to the address `sock` is bound to (a free port's real number)."""
     if not settings.api_tokens:
         log.warning(
             "no API token configured (VIGIL_API_TOKENS): the API answers loopback clients only"
@@ -310,12 +311,17 @@ def api_context(settings: Settings, nc: NATS) -> ApiContext:
     return ApiContext(
         nc=nc,
         tokens=settings.api_tokens,
-        base_url=settings.api_base_url,
+        base_url=settings.api_base_url if settings.public_url or sock is None else _url_of(sock),
         prometheus_url=settings.prometheus_url,
         sql_max_rows=settings.sql_max_rows,
         sql_timeout=settings.sql_timeout_seconds,
         slack_signing_secret=secret.get_secret_value() if secret else None,
     )
+
+
+def _url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def event_budget(max_payload: int) -> int:
