@@ -445,14 +445,15 @@ async def run_saga_role(
         await _when_ready(lambda ready: run_orchestrator(orchestrator, stop, ready=ready), on_ready)
 
 
-def notify_channels(settings: Settings) -> list[Channel]:
+def notify_channels(settings: Settings, base_url: str | None = None) -> list[Channel]:
     """The channels configured: Slack's Web API (bot token + channel) or, instead, a Slack
-    incoming webhook; and the generic JSON webhook. Empty: no notifier to run."""
+    incoming webhook; and the generic JSON webhook. Empty: no notifier to run. Links point
+    to `base_url` (default: VIGIL_PUBLIC_URL, else VIGIL_HTTP_HOST:VIGIL_HTTP_PORT)."""
     from responder.notify.notifier import SlackThreads, SlackWebhookNotices, WebhookNotices
     from responder.notify.slack import SlackApi
     from responder.notify.webhooks import JsonWebhook, SlackIncomingWebhook
 
-    base = settings.api_base_url
+    base = base_url or settings.api_base_url
     channels: list[Channel] = []
     if settings.slack_bot_token is not None:
         if not settings.slack_channel:
@@ -474,12 +475,19 @@ def notify_channels(settings: Settings) -> list[Channel]:
 
 
 async def run_notifier_role(
-    settings: Settings, url: str, stop: asyncio.Event, *, on_ready: Callable[[], None]
+    settings: Settings,
+    url: str,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[], None],
+    sock: socket.socket | None = None,
 ) -> None:
-    """The notifier: each milestone of an incident told on every configured channel."""
+    """The notifier: each milestone of an incident told on every configured channel. With
+    `sock` (`vigil up`'s API), links point to its real address unless VIGIL_PUBLIC_URL."""
     from responder.notify.notifier import run_notifier
 
-    channels = notify_channels(settings)
+    linked = None if settings.public_url or sock is None else _url_of(sock)
+    channels = notify_channels(settings, linked)
     if not channels:
         raise RoleFailed(
             "no notification channel: set VIGIL_SLACK_BOT_TOKEN and VIGIL_SLACK_CHANNEL, "

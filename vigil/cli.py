@@ -182,7 +182,10 @@ def up_roles(
         roles.append(Role("saga", lambda ready: run_saga_role(cfg, url, stop, on_ready=ready)))
     if notifies(cfg):
         roles.append(
-            Role("notifier", lambda ready: run_notifier_role(cfg, url, stop, on_ready=ready))
+            Role(
+                "notifier",
+                lambda ready: run_notifier_role(cfg, url, stop, on_ready=ready, sock=sock),
+            )
         )
     if rules:
         roles.append(

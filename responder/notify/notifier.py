@@ -62,7 +62,7 @@ class Channel(Protocol):
     ) -> None: ...
 
 
-def notifier_spec(durable: str, concurrency: int = 4) -> ConsumerSpec:
+def notifier_spec(durable: str, concurrency: int = 4, ack_wait: float = 30.0) -> ConsumerSpec:
     """A new notifier starts at the next event (`deliver="new"`): switching Slack on does not
     replay every past incident into the channel. One incident's milestones go in stream
     order (its thread reads in order); a channel that is down is retried with a growing
@@ -75,7 +75,7 @@ def notifier_spec(durable: str, concurrency: int = 4) -> ConsumerSpec:
         max_deliver=12,
         retry_backoff=30.0,
         handler_timeout=600.0,
-        ack_wait=30.0,
+        ack_wait=ack_wait,  # a dead notifier's milestone goes to another after this
     )
 
 
@@ -232,12 +232,13 @@ async def run_notifier(
     stop: asyncio.Event,
     *,
     concurrency: int = 4,
+    ack_wait: float = 30.0,
     ready: asyncio.Event | None = None,
 ) -> None:
     """Consume for every channel until `stop`; `ready` once every durable exists."""
     readies = [asyncio.Event() for _ in channels]
     tasks = [
-        asyncio.create_task(consume(js, notifier_spec(ch.durable, concurrency),
+        asyncio.create_task(consume(js, notifier_spec(ch.durable, concurrency, ack_wait),
                                     Notifier(js, ch).handle, stop=stop, ready=r))
         for ch, r in zip(channels, readies, strict=True)
     ]  # fmt: skip

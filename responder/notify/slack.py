@@ -83,7 +83,10 @@ class SlackApi:
         """One Web API call, once: its JSON answer (ok true), or RateLimited, Uncertain or
         SlackRefused."""
         try:
-            response = await asyncio.to_thread(self._client.api_call, method, json=params)
+            # slack-sdk's method (chat_postMessage, ...): each sends what Slack expects of it
+            # (JSON for writes, query parameters for conversations.history and replies).
+            send = getattr(self._client, method.replace(".", "_"))
+            response = await asyncio.to_thread(lambda: send(**params))
         except SlackApiError as exc:
             status = exc.response.status_code
             data = exc.response.data if isinstance(exc.response.data, dict) else {}
