@@ -76,3 +76,15 @@ async def test_killed_between_milestones_the_thread_goes_on(
         "report", "approval_needed", "report"
     ]  # fmt: skip
     assert {n.thread_ts for n in sent.data("inc-a")} == {opening["ts"]}
+
+
+async def test_notifier_without_a_channel_says_what_to_set(nats_server: EmbeddedNats) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vigil", "notifier", cwd=ROOT,
+        env=vigil_env(nats_url=nats_server.url, slack_bot_token=TOKEN),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode != 0
+    assert "VIGIL_SLACK_CHANNEL" in err.decode() and "Traceback" not in err.decode()

@@ -1,5 +1,6 @@
 """The generic JSON webhook and Slack's incoming webhook: one POST per milestone, retried on
-429 and 5xx, refused for good on another 4xx; against a receiver on loopback."""
+429 and 5xx, refused for good on another 4xx; against a receiver on loopback. And a Slack
+that hangs holds back no other channel."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eventlog.stream import DEAD_LETTER_STREAM
-from responder.notify.notifier import SlackWebhookNotices, WebhookNotices
+from responder.notify.notifier import SlackThreads, SlackWebhookNotices, WebhookNotices
+from responder.notify.slack import SlackApi
 from responder.notify.webhooks import JsonWebhook, SlackIncomingWebhook
 from tests.loopback import serving
 from tests.responder.notify_support import (
@@ -30,6 +32,7 @@ from tests.responder.notify_support import (
     watching_sent,
     whole_story,
 )
+from tests.slack_server import CHANNEL, TOKEN, FakeSlack
 
 HOOK_TOKEN = "hook-token-0123456789"
 
@@ -142,3 +145,20 @@ async def test_slack_incoming_webhook_posts_each_milestone_without_a_thread(
     assert {(n.channel, n.target, n.thread_ts, n.message_ts) for n in sent.data("inc-a")} == {
         ("slack", "incoming-webhook", None, None)
     }
+
+
+async def test_a_slack_that_hangs_holds_back_no_other_channel(
+    js: JetStreamContext, receiver: Receiver
+) -> None:
+    async with FakeSlack().running() as slack:
+        slack.hold = asyncio.Event()  # Slack takes the message and does not answer
+        api = SlackApi(TOKEN, base_url=slack.api_url, timeout=30)
+        channels = [SlackThreads(api, CHANNEL, BASE_URL), json_hook(receiver)]
+        async with watching_sent(js) as sent, notifying(js, channels):
+            await publish(js, *whole_story("inc-a")[:3])
+            await asyncio.wait_for(slack.held.wait(), 10)
+            webhook_sent = await sent.wait("inc-a", 2)  # the webhook's, while Slack hangs
+            assert {e.data.channel for e in webhook_sent} == {"webhook"}  # type: ignore[attr-defined]
+            slack.hold.set()
+            await sent.wait("inc-a", 4)
+    assert [b["milestone"] for b in receiver.bodies()] == ["opened", "report"]
