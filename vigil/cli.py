@@ -137,6 +137,9 @@ def up() -> None:
                 console.print(model, markup=False, emoji=False)
                 if cfg.actions is not None:
                     console.print(f"Sagas  actions {cfg.actions}, policy {cfg.policy or 'default'}")
+                if notifies(cfg):
+                    told = [c.durable.removeprefix("notifier-") for c in notify_channels(cfg)]
+                    console.print(f"Notify {', '.join(told)} (docs/notifications.md)")
                 if cfg.webhook_token is None:
                     err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
                 if rules:
