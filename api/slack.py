@@ -23,10 +23,12 @@ import httpx
 import orjson
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from slack_sdk.signature import SignatureVerifier
 
 from eventlog.envelope import INCIDENT_ID_PATTERN
+from eventlog.publisher import PublishError
 from responder.attempts import NoSuchIncident
 from responder.notify.blocks import APPROVE, REJECT, decided_blocks
 from responder.saga.proposals import NotAwaitingApproval, decide
@@ -150,6 +152,9 @@ async def _decide(context: ApiContext, click: BlockActions) -> dict[str, Any]:
     except (NoSuchIncident, NotAwaitingApproval) as exc:
         return {"response_type": "ephemeral", "replace_original": False,
                 "text": f":warning: {exc}"}  # fmt: skip
+    except (NatsError, PublishError, TimeoutError) as exc:
+        log.warning("incident %s: a Slack click not recorded: %r", incident_id, exc)
+        raise HTTPException(503, "the event log did not answer; click again") from None
     verb = "approved" if approve else "rejected"
     icon = ":white_check_mark:" if approve else ":no_entry:"
     note = (

@@ -3,6 +3,7 @@ against a real nats-server and a fake Slack's response_url."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -25,6 +26,7 @@ from eventlog.publisher import EventPublisher
 from responder.notify.blocks import APPROVE, REJECT, decision_buttons
 from tests.responder.notify_support import alert, proposal, publish
 from tests.slack_server import FakeSlack
+from vigil.broker import EmbeddedNats
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 URL = "/slack/interactions"
@@ -195,3 +197,22 @@ async def test_a_button_value_that_names_no_saga_is_400(
     answer = await api.post(URL, content=body, headers=signed(body))
     assert answer.status_code == 400 and "<incident_id>:<saga_id>" in answer.json()["detail"]
     assert await decisions(js, awaiting) == []
+
+
+async def test_a_click_while_nats_is_down_is_503_and_a_later_one_is_recorded(
+    api: httpx.AsyncClient, js: JetStreamContext, slack: FakeSlack, awaiting: str,
+    nats_server: EmbeddedNats, nc: NATS,
+) -> None:  # fmt: skip
+    await nats_server.stop()
+    body = click(APPROVE, slack)
+    answer = await api.post(URL, content=body, headers=signed(body))
+    assert answer.status_code == 503 and "click again" in answer.json()["detail"]
+    await nats_server.start()
+    async with asyncio.timeout(20):  # the client reconnects by itself: wait until it has
+        while not nc.is_connected:
+            await asyncio.sleep(0.05)
+    body = click(APPROVE, slack)
+    answer = await api.post(URL, content=body, headers=signed(body))
+    assert answer.status_code == 200, answer.text
+    [decided] = await decisions(js, awaiting)
+    assert isinstance(decided, RemediationApproved)

@@ -70,6 +70,7 @@ async def test_up_tells_the_json_webhook_of_a_new_incident(tmp_path: Path) -> No
                 proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 30)
 
+    assert "Notify webhook (docs/notifications.md)" in said
     assert body["milestone"] == "opened"
     assert body["link"] == f"https://vigil.example.com/?incident={body['incident_id']}"
     assert body["event"]["type"] == "AnomalyDetected"
