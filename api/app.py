@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -46,6 +47,8 @@ class ApiContext:
     sql_timeout: float = 30.0
     approval_expiry: timedelta = timedelta(minutes=30)
     slack_signing_secret: str | None = None
+    # Set when the server is told to stop: live streams (SSE) end rather than hold it up.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def create_app(

@@ -283,7 +283,7 @@ async def run_api(
                 read_timeout=settings.webhook_read_timeout_seconds,
                 event_budget=event_budget(nc.max_payload),
             ),
-            context=api_context(settings, nc, sock),
+            context=api_context(settings, nc, sock, stopping=stop),
         )
         # A request may wait out the timeout three times (index, decision, publish) before 503.
         grace = 3 * settings.webhook_timeout_seconds
@@ -299,14 +299,27 @@ async def run_api(
             await index.close()
 
 
-def api_context(settings: Settings, nc: NATS, sock: socket.socket | None = None) -> ApiContext:
+def api_context(
+    settings: Settings,
+    nc: NATS,
+    sock: socket.socket | None = None,
+    *,
+    stopping: asyncio.Event | None = None,
+) -> ApiContext:
     """What /api/v1, the page and Slack's buttons are given; says at start when no API token
     is configured, since the API then answers loopback clients only. Links point to
-    VIGIL_PUBLIC_URL, else to the address `sock` is bound to (a free port's real number)."""
+    VIGIL_PUBLIC_URL, else to the address `sock` is bound to (a free port's real number).
+    `stopping`, once set, ends the live streams (SSE): the server stops without waiting."""
     if not settings.api_tokens:
         log.warning(
             "no API token configured (VIGIL_API_TOKENS): the API answers loopback clients only"
         )
+    from responder.saga.policy import load_policy
+
+    try:  # an approval's expiry, as the orchestrator applies it (the page shows it)
+        expiry = load_policy(settings.policy).approval_expiry
+    except ConfigFileError as exc:
+        raise RoleFailed(str(exc)) from None
     secret = settings.slack_signing_secret
     return ApiContext(
         nc=nc,
@@ -315,6 +328,8 @@ def api_context(settings: Settings, nc: NATS, sock: socket.socket | None = None)
         prometheus_url=settings.prometheus_url,
         sql_max_rows=settings.sql_max_rows,
         sql_timeout=settings.sql_timeout_seconds,
+        approval_expiry=expiry,
+        stopping=stopping or asyncio.Event(),
         slack_signing_secret=secret.get_secret_value() if secret else None,
     )
 
