@@ -47,10 +47,12 @@ from vigil.app import (
     broker,
     bus,
     investigation_model,
+    notify_channels,
     remediation_config,
     run,
     run_api,
     run_detector_role,
+    run_notifier_role,
     run_projector,
     run_projector_process,
     run_responder_role,
@@ -111,6 +113,11 @@ def up() -> None:
     check_model(cfg)
     if cfg.actions is not None:
         remediation_config(cfg)  # a wrong catalog or policy: one line before anything starts
+    if notifies(cfg):
+        try:
+            notify_channels(cfg)  # a bot token without a channel: one line, now
+        except RoleFailed as exc:
+            raise CliError(str(exc)) from None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -133,6 +140,9 @@ def up() -> None:
                 console.print(model, markup=False, emoji=False)
                 if cfg.actions is not None:
                     console.print(f"Sagas  actions {cfg.actions}, policy {cfg.policy or 'default'}")
+                if notifies(cfg):
+                    told = [c.durable.removeprefix("notifier-") for c in notify_channels(cfg)]
+                    console.print(f"Notify {', '.join(told)} (docs/notifications.md)")
                 warn_of_missing_tokens(cfg)
                 if rules:
                     n, source = len(rules.rules), cfg.prometheus_url
@@ -175,6 +185,13 @@ def up_roles(
         ]
     if cfg.actions is not None:
         roles.append(Role("saga", lambda ready: run_saga_role(cfg, url, stop, on_ready=ready)))
+    if notifies(cfg):
+        roles.append(
+            Role(
+                "notifier",
+                lambda ready: run_notifier_role(cfg, url, stop, on_ready=ready, sock=sock),
+            )
+        )
     if rules:
         roles.append(
             Role("detector", lambda ready: run_detector_role(cfg, url, rules, stop, on_ready=ready))
@@ -357,6 +374,40 @@ def saga() -> None:
             cfg, cfg.nats_url, stop,
             on_ready=lambda: console.print(f"orchestrating: {n} actions; verifying by {where}"),
         )  # fmt: skip
+
+    run(main())
+
+
+def notifies(cfg: Settings) -> bool:
+    """Slack or the generic webhook is configured: `vigil up` runs the notifier."""
+    return bool(cfg.slack_bot_token or cfg.slack_webhook_url or cfg.notify_webhook_url)
+
+
+@app.command()
+def notifier() -> None:
+    """Run the notifier alone against VIGIL_NATS_URL: each incident's milestones to Slack
+    (one thread per incident) and/or a JSON webhook (docs/notifications.md)."""
+    cfg = settings()
+    if not cfg.nats_url:
+        raise CliError("VIGIL_NATS_URL is required: the notifier joins an existing NATS")
+    try:
+        channels = notify_channels(cfg)
+    except RoleFailed as exc:
+        raise CliError(str(exc)) from None
+    if not channels:
+        raise CliError(
+            "no notification channel: set VIGIL_SLACK_BOT_TOKEN and VIGIL_SLACK_CHANNEL, "
+            "VIGIL_SLACK_WEBHOOK_URL, or VIGIL_NOTIFY_WEBHOOK_URL"
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        assert cfg.nats_url
+        names = ", ".join(c.durable for c in channels)
+        await run_notifier_role(
+            cfg, cfg.nats_url, stop, on_ready=lambda: console.print(f"notifying: {names}")
+        )
 
     run(main())
 
