@@ -12,8 +12,9 @@ long handler holds back no one but the events of its own incident: those are han
 another, in stream order (unless `in_incident_order` is off: tool calls run side by side).
 The handler gets the stream sequence and the delivery count with the event, and may ask for
 the message again later (`RedeliverLater`: a timer that survives a crash, since JetStream
-keeps it). A new durable starts at the first event (`deliver="all"`) or
-at the next one appended (`"new"`: a new role does not redo history).
+keeps it), or give it up at once (`GiveUp`: dead-lettered, not retried). A new durable
+starts at the first event (`deliver="all"`) or at the next one appended (`"new"`: a new
+role does not redo history).
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ class RedeliverLater(Exception):
     def __init__(self, delay: float) -> None:
         super().__init__(f"redeliver in {delay:g}s")
         self.delay = delay
+
+
+class GiveUp(Exception):
+    """Raised by a handler: this message can never be handled (a permanent refusal): it is
+    dead-lettered at once with `reason`, not retried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ConsumerSpec(BaseModel):
@@ -208,6 +218,9 @@ async def _settle(js: JetStreamContext, spec: ConsumerSpec, handler: Handler, ms
             await handler(Received(event, msg.metadata.sequence.stream, deliveries))
     except RedeliverLater as later:
         await msg.nak(delay=later.delay)
+        return
+    except GiveUp as given_up:
+        await _give_up(js, spec, msg, given_up.reason)
         return
     except Exception as exc:
         log.exception(

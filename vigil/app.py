@@ -43,6 +43,7 @@ from vigil.supervisor import RoleFailed
 if TYPE_CHECKING:  # pydantic-ai takes a second to import: `vigil sql` never needs it
     from pydantic_ai.models import Model
 
+    from responder.notify.notifier import Channel
     from responder.saga.catalog import Catalog
     from responder.saga.policy import Policy
 
@@ -305,14 +306,9 @@ def api_context(
     *,
     stopping: asyncio.Event | None = None,
 ) -> ApiContext:
-    """What /api/v1, the page and Slack's buttons are given; says at start when no API token
-    is configured, since the API then answers loopback clients only. Links point to
+    """What /api/v1, the page and Slack's buttons are given. Links point to
     VIGIL_PUBLIC_URL, else to the address `sock` is bound to (a free port's real number).
     `stopping`, once set, ends the live streams (SSE): the server stops without waiting."""
-    if not settings.api_tokens:
-        log.warning(
-            "no API token configured (VIGIL_API_TOKENS): the API answers loopback clients only"
-        )
     from responder.saga.policy import load_policy
 
     try:  # an approval's expiry, as the orchestrator applies it (the page shows it)
@@ -459,6 +455,60 @@ async def run_saga_role(
             control=await control_bucket(js, replicas=replicas), leases=leases,
         )  # fmt: skip
         await _when_ready(lambda ready: run_orchestrator(orchestrator, stop, ready=ready), on_ready)
+
+
+def notify_channels(settings: Settings, base_url: str | None = None) -> list[Channel]:
+    """The channels configured: Slack's Web API (bot token + channel) or, instead, a Slack
+    incoming webhook; and the generic JSON webhook. Empty: no notifier to run. Links point
+    to `base_url` (default: VIGIL_PUBLIC_URL, else VIGIL_HTTP_HOST:VIGIL_HTTP_PORT)."""
+    from responder.notify.notifier import SlackThreads, SlackWebhookNotices, WebhookNotices
+    from responder.notify.slack import SlackApi
+    from responder.notify.webhooks import JsonWebhook, SlackIncomingWebhook
+
+    base = base_url or settings.api_base_url
+    channels: list[Channel] = []
+    if settings.slack_bot_token is not None:
+        if not settings.slack_channel:
+            raise RoleFailed("VIGIL_SLACK_BOT_TOKEN is set but not VIGIL_SLACK_CHANNEL (C...)")
+        if settings.slack_webhook_url is not None:
+            log.warning("both a Slack bot token and VIGIL_SLACK_WEBHOOK_URL: using the bot")
+        api = SlackApi(settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url)
+        channels.append(SlackThreads(api, settings.slack_channel, base))
+    elif settings.slack_webhook_url is not None:
+        hook = SlackIncomingWebhook(settings.slack_webhook_url.get_secret_value())
+        channels.append(SlackWebhookNotices(hook, base))
+    if settings.notify_webhook_url:
+        token = settings.notify_webhook_token
+        json_hook = JsonWebhook(
+            settings.notify_webhook_url, token.get_secret_value() if token else None
+        )
+        channels.append(WebhookNotices(json_hook, base))
+    return channels
+
+
+async def run_notifier_role(
+    settings: Settings,
+    url: str,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[], None],
+    sock: socket.socket | None = None,
+) -> None:
+    """The notifier: each milestone of an incident told on every configured channel. With
+    `sock` (`vigil up`'s API), links point to its real address unless VIGIL_PUBLIC_URL."""
+    from responder.notify.notifier import run_notifier
+
+    linked = None if settings.public_url or sock is None else _url_of(sock)
+    channels = notify_channels(settings, linked)
+    if not channels:
+        raise RoleFailed(
+            "no notification channel: set VIGIL_SLACK_BOT_TOKEN and VIGIL_SLACK_CHANNEL, "
+            "VIGIL_SLACK_WEBHOOK_URL, or VIGIL_NOTIFY_WEBHOOK_URL"
+        )
+    async with bus(settings, url, "vigil-notifier") as nc:
+        await _when_ready(
+            lambda ready: run_notifier(nc.jetstream(), channels, stop, ready=ready), on_ready
+        )
 
 
 def remediation_config(settings: Settings) -> tuple[Catalog, Policy]:

@@ -47,10 +47,12 @@ from vigil.app import (
     broker,
     bus,
     investigation_model,
+    notify_channels,
     remediation_config,
     run,
     run_api,
     run_detector_role,
+    run_notifier_role,
     run_projector,
     run_projector_process,
     run_responder_role,
@@ -111,6 +113,11 @@ def up() -> None:
     check_model(cfg)
     if cfg.actions is not None:
         remediation_config(cfg)  # a wrong catalog or policy: one line before anything starts
+    if notifies(cfg):
+        try:
+            notify_channels(cfg)  # a bot token without a channel: one line, now
+        except RoleFailed as exc:
+            raise CliError(str(exc)) from None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -123,6 +130,9 @@ def up() -> None:
                 console.print(f"NATS   {url} ({where})")
                 console.print(f"DuckDB {cfg.db_path}")
                 console.print(f"HTTP   http://{host}:{port}/webhooks/alertmanager")
+                console.print(
+                    f"API    http://{host}:{port}/api/v1 (the page at /, OpenAPI at /docs)"
+                )
                 if cfg.responder_enabled:
                     model = f"Model  {cfg.model} (investigations)"
                 else:
@@ -130,8 +140,10 @@ def up() -> None:
                 console.print(model, markup=False, emoji=False)
                 if cfg.actions is not None:
                     console.print(f"Sagas  actions {cfg.actions}, policy {cfg.policy or 'default'}")
-                if cfg.webhook_token is None:
-                    err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
+                if notifies(cfg):
+                    told = [c.durable.removeprefix("notifier-") for c in notify_channels(cfg)]
+                    console.print(f"Notify {', '.join(told)} (docs/notifications.md)")
+                warn_of_missing_tokens(cfg)
                 if rules:
                     n, source = len(rules.rules), cfg.prometheus_url
                     console.print(f"Rules  {n} from {cfg.rules}, polling {source}")
@@ -173,6 +185,13 @@ def up_roles(
         ]
     if cfg.actions is not None:
         roles.append(Role("saga", lambda ready: run_saga_role(cfg, url, stop, on_ready=ready)))
+    if notifies(cfg):
+        roles.append(
+            Role(
+                "notifier",
+                lambda ready: run_notifier_role(cfg, url, stop, on_ready=ready, sock=sock),
+            )
+        )
     if rules:
         roles.append(
             Role("detector", lambda ready: run_detector_role(cfg, url, rules, stop, on_ready=ready))
@@ -359,6 +378,40 @@ def saga() -> None:
     run(main())
 
 
+def notifies(cfg: Settings) -> bool:
+    """Slack or the generic webhook is configured: `vigil up` runs the notifier."""
+    return bool(cfg.slack_bot_token or cfg.slack_webhook_url or cfg.notify_webhook_url)
+
+
+@app.command()
+def notifier() -> None:
+    """Run the notifier alone against VIGIL_NATS_URL: each incident's milestones to Slack
+    (one thread per incident) and/or a JSON webhook (docs/notifications.md)."""
+    cfg = settings()
+    if not cfg.nats_url:
+        raise CliError("VIGIL_NATS_URL is required: the notifier joins an existing NATS")
+    try:
+        channels = notify_channels(cfg)
+    except RoleFailed as exc:
+        raise CliError(str(exc)) from None
+    if not channels:
+        raise CliError(
+            "no notification channel: set VIGIL_SLACK_BOT_TOKEN and VIGIL_SLACK_CHANNEL, "
+            "VIGIL_SLACK_WEBHOOK_URL, or VIGIL_NOTIFY_WEBHOOK_URL"
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        assert cfg.nats_url
+        names = ", ".join(c.durable for c in channels)
+        await run_notifier_role(
+            cfg, cfg.nats_url, stop, on_ready=lambda: console.print(f"notifying: {names}")
+        )
+
+    run(main())
+
+
 def _decide(
     incident_id: str, approve: bool, by: str | None, reason: str, saga_id: str | None
 ) -> None:
@@ -476,6 +529,17 @@ def nats_url_of(cfg: Settings) -> str:
     return runtime.nats_url
 
 
+def warn_of_missing_tokens(cfg: Settings) -> None:
+    """Said once everything is up: what a missing token leaves closed or open."""
+    if cfg.webhook_token is None:
+        err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
+    if not cfg.api_tokens:
+        err.print(
+            "warning: VIGIL_API_TOKENS is not set: the API and its page answer loopback "
+            "clients only"
+        )
+
+
 @app.command()
 def api() -> None:
     """Run the HTTP API alone against VIGIL_NATS_URL: the webhook, /api/v1 and the page.
@@ -496,8 +560,7 @@ def api() -> None:
             where = f"[{host}]" if ":" in host else host
             console.print(f"API    http://{where}:{port}/api/v1 (the page at /, OpenAPI at /docs)")
             console.print(f"HTTP   http://{where}:{port}/webhooks/alertmanager")
-            if cfg.webhook_token is None:
-                err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
+            warn_of_missing_tokens(cfg)
             console.print("vigil api is up")
 
         await run_api(cfg, cfg.nats_url, sock, stop, on_ready=announce)
@@ -893,6 +956,44 @@ def demo(
         finally:
             sock.close()
             clear_runtime(cfg.data_dir)
+
+
+@app.command()
+def shop(
+    host: Annotated[str, typer.Option(help="the address every service listens on")] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=65530,
+            help="frontend's port; checkout, payments, search and the admin gateway take the "
+            "next ones, in that order",
+        ),
+    ] = 8101,
+    rate: Annotated[float, typer.Option(min=0.1, help="requests per second to the frontend")] = 20,
+) -> None:
+    """Run the demo shop alone (its services, their /metrics, the admin gateway) with traffic,
+    until Ctrl-C: what `vigil demo` breaks, for a fleet's Prometheus to scrape."""
+    from vigil.shop import SHOP, generate_traffic, running_shop
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                running = await stack.enter_async_context(running_shop(host=host, port=port))
+            except OSError as exc:  # a port taken: one line
+                raise CliError(
+                    f"cannot listen on {host}, ports {port} to {port + len(SHOP)}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            for name, service in running.services.items():
+                console.print(f"{name:<9}{service.url} (/metrics, /admin/...)", markup=False)
+            console.print(f"admin    {running.admin_url}/services/<name>/admin/...", markup=False)
+            console.print(f"shop is up: {rate:g} requests/s to the frontend", markup=False)
+            await generate_traffic(running.services["frontend"].url, stop, rate=rate)
+
+    run(main())
 
 
 def main() -> None:

@@ -172,8 +172,7 @@ class Service:
 
     @property
     def url(self) -> str:
-        host, port = self.sock.getsockname()[:2]
-        return f"http://{host}:{port}"
+        return _url(self.sock)
 
     def deploy(self, version: str) -> dict[str, Any]:
         """Run `version` from now on; Refused (422) naming the versions known otherwise."""
@@ -314,9 +313,17 @@ def admin_gateway(services: dict[str, Service]) -> FastAPI:
     return app
 
 
-def _listen() -> socket.socket:
+def _url(sock: socket.socket) -> str:
+    """Where `sock` is reached from this host: a socket on every address (in a container)
+    through loopback."""
+    host, port = sock.getsockname()[:2]
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+
+
+def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
     sock.listen(512)
     sock.setblocking(False)
     return sock
@@ -324,12 +331,24 @@ def _listen() -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def running_shop(
-    specs: tuple[ServiceSpec, ...] = SHOP, *, seed: int | None = None
+    specs: tuple[ServiceSpec, ...] = SHOP,
+    *,
+    seed: int | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> AsyncIterator[Shop]:
-    """Every service of `specs` serving on a free loopback port while the block runs, and the
-    admin gateway on another."""
-    socks = [_listen() for _ in specs]
-    gateway = _listen()
+    """Every service of `specs` serving while the block runs, and the admin gateway: each on a
+    free port of `host`, or with `port` on `port`, `port + 1`, ... in the order of `specs`,
+    the gateway last (OSError when one is taken)."""
+    socks: list[socket.socket] = []
+    try:
+        for i in range(len(specs) + 1):
+            socks.append(_listen(host, port + i if port else 0))
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    socks, gateway = socks[:-1], socks[-1]
     stop = asyncio.Event()
     # Many connections per peer: under a slow release requests pile up rather than queue.
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
@@ -350,8 +369,7 @@ async def running_shop(
                     asyncio.create_task(serve_http(app, sock, stop, on_ready=ready.set, grace=1))
                 )
                 await ready.wait()
-            host, port = gateway.getsockname()[:2]
-            yield Shop(services, f"http://{host}:{port}")
+            yield Shop(services, _url(gateway))
         finally:
             stop.set()
             await asyncio.gather(*serving, return_exceptions=True)

@@ -43,15 +43,15 @@ async def test_the_api_alone_serves_v1_and_stops_with_a_stream_open(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        warning = await readline(proc.stderr)
-        assert "no API token configured (VIGIL_API_TOKENS)" in warning
-        assert "loopback clients only" in warning
         listening = await readline(proc.stdout)
         found = re.fullmatch(r"API    (http://127\.0\.0\.1:\d+)/api/v1 \(.*\)", listening)
         assert found, listening
         base = found.group(1)
         assert await readline(proc.stdout) == f"HTTP   {base}/webhooks/alertmanager"
         assert "VIGIL_WEBHOOK_TOKEN is not set" in await readline(proc.stderr)
+        warning = await readline(proc.stderr)
+        assert "VIGIL_API_TOKENS is not set" in warning
+        assert "loopback clients only" in warning
         assert await readline(proc.stdout) == "vigil api is up"
         async with read_model(nc, js, tmp_path / "elsewhere.duckdb") as model:
             await model.publish(fired("fp", 0, "inc-1"))

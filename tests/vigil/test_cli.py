@@ -148,14 +148,17 @@ async def test_up_prints_where_it_is_and_sql_goes_through_it(
     data = tmp_path / "a-data-dir-whose-name-is-long-enough-to-pass-eighty-columns"
     settled = await up_with_story(vigil_up, data)
     up = settled.up
-    nats_line, db_line, http_line, model_line, ready = up.lines[:5]
+    nats_line, db_line, http_line, api_line, model_line, ready = up.lines[:6]
     assert nats_line.startswith("NATS   nats://127.0.0.1:"), up.lines
     assert "embedded" in nats_line and str(data / "nats") in nats_line
     assert db_line == f"DuckDB {data / 'vigil.duckdb'}"
     assert re.fullmatch(r"HTTP   http://127\.0\.0\.1:\d+/webhooks/alertmanager", http_line)
+    port = http_line.rsplit(":", 1)[1].split("/")[0]
+    assert api_line.startswith(f"API    http://127.0.0.1:{port}/api/v1 (the page at /")
     assert model_line == "Model  builtin (investigations)"
     assert ready == "vigil is up"
     assert any("VIGIL_WEBHOOK_TOKEN is not set" in line for line in up.stderr)
+    assert any("VIGIL_API_TOKENS is not set" in line for line in up.stderr)
     # The file is held by `vigil up`: a second process cannot open it, so `vigil sql` must
     # be answered by the running service over NATS.
     assert db_locked(data / "vigil.duckdb")

@@ -1,0 +1,1 @@
+"""The notifier: an incident's milestones told to people (Slack, a generic JSON webhook)."""
