@@ -1,0 +1,291 @@
+"""The timeline page in a real headless chromium against the real API, NATS and roles: an
+incident investigated while the page is open shows up live, an Approve click records the
+approval and the page follows the saga to its end; a read token sees no buttons; an evidence
+id leads to its tool call; text from events is shown as text."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from playwright.async_api import Browser, expect
+
+from eventlog.envelope import Event, new_event
+from eventlog.payloads import (
+    AgentStep,
+    AnomalyDetected,
+    Hypothesis,
+    InvestigationStarted,
+    RemediationAction,
+    RemediationApproved,
+    RemediationProposed,
+    RootCauseConcluded,
+    ToolCompleted,
+    ToolRequested,
+)
+from eventlog.payloads.investigation import RootCauseReport, RuledOut
+from eventlog.publisher import EventPublisher
+from responder.tools import ToolSettings, default_tools
+from tests.api.timeline_site import (
+    OPERATE,
+    READ,
+    Tab,
+    api_served,
+    chromium,
+    orchestrating,
+    read_model,
+    secret,
+)
+from tests.detector.prometheus_server import PrometheusServer
+from tests.responder import golden
+from tests.responder.conftest import golden_prometheus
+from tests.responder.running import anomaly, append, responder, watching
+from tests.responder.saga_target import Deployer
+from tests.responder.tool_workers import workers
+
+__all__ = ["golden_prometheus"]  # a fixture
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "timeline.png"
+PROMETHEUS = "http://prometheus.example:9090"
+HOSTILE = '<img src=x onerror="document.body.dataset.owned=1">'
+expect.set_options(timeout=20_000)  # a CPU hog beside the test slows chromium down
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's chromium, headless."""
+    async with chromium() as b:
+        yield b
+
+
+@pytest.mark.slow
+async def test_an_incident_investigated_while_the_page_is_open_is_followed_and_approved(
+    nc: NATS, js: JetStreamContext, db_path: Path, golden_prometheus: PrometheusServer,
+    browser: Browser,
+) -> None:  # fmt: skip
+    registry = default_tools()
+    tools = ToolSettings(prometheus_url=golden_prometheus.url)
+    now, onset = golden.minute(golden.NOW), golden.minute(golden.ONSET)
+    deployer = Deployer({"checkout": "1.0"})
+    async with (
+        deployer.running(),
+        read_model(nc, db_path),
+        orchestrating(js, deployer),
+        # the investigator alone: its tool calls wait for workers, started below
+        responder(js, registry, workers=0, settings=tools, now_of=lambda _: now),
+        api_served(nc, tokens=[OPERATE, READ], prometheus_url=golden_prometheus.url) as url,
+        watching(js) as watch,
+    ):
+        tab = await Tab.open(browser, url + "/")
+        page = tab.page
+        await tab.give_token(OPERATE)
+        await expect(page.locator("#who")).to_have_text("alice · operate")
+        await expect(page.locator("#incidents-empty")).to_be_visible()
+        await expect(page.locator("#connection")).to_have_text("live")
+
+        await append(js, anomaly(starts_at=onset), "inc-live")  # the page is open already
+        row = page.locator('[data-incident="inc-live"]')
+        await expect(row).to_contain_text("checkout")
+        await expect(row).to_contain_text("critical")
+        await row.get_by_role("link").click()
+        await expect(page).to_have_url(re.compile(r"/\?incident=inc-live$"))
+        await expect(page.locator("#detail-title")).to_have_text("HighErrorRate on checkout")
+        # The investigator asked for its tools; with no worker yet they are shown running.
+        await expect(page.locator(".event-tool .chip-running").first).to_be_visible()
+        await expect(row).to_contain_text("investigating")
+
+        stop_workers, working = await workers(nc, registry, tools)
+        try:
+            report = page.locator(".event-report")
+            await expect(report).to_be_visible(timeout=40_000)
+            await watch.until(lambda: watch.of("inc-live", "RemediationProposed"), timeout=40)
+            [concluded] = watch.of("inc-live", "RootCauseConcluded")
+            [proposed] = watch.of("inc-live", "RemediationProposed")
+            calls = watch.of("inc-live", "ToolRequested")
+            assert isinstance(concluded.data, RootCauseConcluded)
+            assert isinstance(proposed.data, RemediationProposed)
+            top = concluded.data.report.hypotheses[0]
+
+            # Every tool call came live, each with its outcome; the report, ranked.
+            await expect(page.locator(".event-tool")).to_have_count(len(calls))
+            await expect(page.locator(".event-tool .chip-running")).to_have_count(0)
+            await expect(report.locator(".hypothesis")).to_have_count(
+                len(concluded.data.report.hypotheses)
+            )
+            first = report.locator(".hypothesis").first
+            await expect(first.locator(".confidence")).to_have_text(f"{top.confidence:.0%}")
+            await expect(first.locator(".evidence-id")).to_have_text(top.evidence)
+            await expect(page.locator(".event-step")).to_have_count(
+                len(watch.of("inc-live", "AgentStep"))
+            )
+            await expect(row).to_contain_text(top.category.replace("_", " "))
+
+            saga_id = proposed.data.saga_id
+            banner = page.locator(f'.banner[data-saga="{saga_id}"]')
+            await expect(banner).to_contain_text("Awaiting approval")
+            await banner.get_by_role("button", name="Approve").click()
+            await watch.until(lambda: watch.of("inc-live", "SagaCompleted"), timeout=30)
+        finally:
+            stop_workers.set()
+            await working
+
+        [approved] = watch.of("inc-live", "RemediationApproved")
+        assert isinstance(approved.data, RemediationApproved)
+        assert (approved.data.saga_id, approved.data.by) == (saga_id, "alice")
+        saga = page.locator(f"#saga-{saga_id}")
+        await expect(saga.locator(".saga-status")).to_have_text("completed")
+        await expect(saga.locator(".step-status")).to_have_text(["completed"])
+        await expect(saga.locator(".decided")).to_have_text("Approved by alice")
+        lines = page.locator(".event-saga-event h3")
+        await expect(lines.filter(has_text="Step 0 (note) running")).to_have_count(1)
+        await expect(lines.filter(has_text="Step 0 (note) completed")).to_have_count(1)
+        await expect(page.locator(".banner")).to_have_count(0)
+        await expect(row).to_contain_text("resolved")
+        if os.environ.get("VIGIL_SCREENSHOT"):
+            await screenshot(tab)
+        assert tab.errors == []
+        await tab.close()
+
+
+async def screenshot(tab: Tab) -> None:
+    """docs/timeline.png: the report and the plan in view, at 1280 wide."""
+    page = tab.page
+    await page.locator(".event-report").scroll_into_view_if_needed()
+    await page.evaluate(
+        "window.scrollTo(0, document.querySelector('.event-report').getBoundingClientRect().top"
+        " + window.scrollY - 140)"
+    )
+    await page.screenshot(path=str(SCREENSHOT), type="png")
+
+
+async def publish(js: JetStreamContext, incident: str, *facts: object) -> list[Event]:
+    at = datetime.now(UTC) - timedelta(minutes=12)
+    events = []
+    for i, data in enumerate(facts):
+        event = new_event(data, incident_id=incident, source="test")  # type: ignore[arg-type]
+        events.append(event.model_copy(update={"occurred_at": at + timedelta(seconds=10 * i)}))
+    await EventPublisher(js).publish_many(events)
+    return events
+
+
+PROMQL = 'sum(rate(http_requests_total{service="checkout",code=~"5.."}[5m]))'
+
+
+def diagnosed_story() -> list[object]:
+    """An alert (with markup in its annotation), 24 tool calls, a model step, a report whose
+    top hypothesis cites the first call, and a plan awaiting approval."""
+    started = datetime.now(UTC) - timedelta(minutes=15)
+    calls: list[object] = []
+    for i in range(24):
+        name, args = ("prometheus_query", {"query": PROMQL}) if i == 0 else (
+            "service_signals", {"service": f"svc-{i}"})  # fmt: skip
+        calls.append(ToolRequested(tool_call_id=f"tc-{i:02d}", tool_name=name, args=args))
+        calls.append(ToolCompleted(tool_call_id=f"tc-{i:02d}", tool_name=name,
+                                   result={"value": i, "series": [1, 2]}, duration_ms=12.0 + i))  # fmt: skip
+    top = Hypothesis(category="deploy_or_config_change", service="checkout", confidence=0.82,
+                     explanation="5xx from 1% to 20% eight minutes after v2.14",
+                     evidence=["tc-00"])  # fmt: skip
+    second = Hypothesis(category="memory_leak", service="checkout", confidence=0.35,
+                        explanation="memory climbs 1 MiB a minute", evidence=["tc-05"])  # fmt: skip
+    report = RootCauseReport(
+        summary="a bad deploy of checkout", hypotheses=[top, second],
+        ruled_out=[RuledOut(what="payments", reason="healthy", evidence=["tc-07"])],
+        gaps=["no topology file"],
+    )  # fmt: skip
+    step = AgentStep(attempt=1, step=0, turn=0, model="builtin", request={}, duration_ms=3.0,
+                     response={"parts": [{"part_kind": "text", "content": "Looking at 5xx."}]})  # fmt: skip
+    plan = RemediationProposed(
+        saga_id="saga-page", mode="approval", risk="low", by="responder",
+        steps=[RemediationAction(action="note", params={"service": "checkout"})],
+        rationale="recommended by attempt 1's report",
+    )  # fmt: skip
+    return [
+        AnomalyDetected(origin="alertmanager", name="HighErrorRate", fingerprint="f1",
+                        starts_at=started, service="checkout", severity="critical",
+                        annotations={"summary": HOSTILE}),  # fmt: skip
+        InvestigationStarted(model="builtin"),
+        step,
+        *calls,
+        RootCauseConcluded(attempt=1, model="builtin", report=report, tool_calls=24),
+        plan,
+    ]
+
+
+async def test_a_read_token_sees_the_plan_but_no_buttons_and_evidence_leads_to_its_call(
+    nc: NATS, js: JetStreamContext, db_path: Path, browser: Browser
+) -> None:
+    await publish(js, "inc-page", *diagnosed_story())
+    async with (
+        read_model(nc, db_path),
+        api_served(nc, tokens=[OPERATE, READ], prometheus_url=PROMETHEUS) as url,
+    ):
+        reader = await Tab.open(browser, f"{url}/?incident=inc-page")
+        await reader.give_token(READ)
+        page = reader.page
+        await expect(page.locator("#who")).to_have_text("rita · read")
+        banner = page.locator('.banner[data-saga="saga-page"]')
+        await expect(banner).to_contain_text("Awaiting approval")
+        await expect(banner).to_contain_text("An operate token may approve or reject it.")
+        await expect(page.get_by_role("button", name="Approve")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Reject")).to_have_count(0)
+        await expect(page.locator('[data-incident="inc-page"]')).to_contain_text(
+            "deploy or config change of checkout (82%)"
+        )
+
+        # The first call is far above the report: its evidence id brings it into view.
+        call = page.locator("#call-tc-00")
+        evidence = page.locator(".hypothesis").first.get_by_role("button", name="tc-00")
+        await evidence.scroll_into_view_if_needed()
+        await expect(call).not_to_be_in_viewport()
+        await evidence.click()
+        await expect(call).to_be_in_viewport()
+        await expect(call).to_have_class(re.compile(r"\bhighlighted\b"))
+        await expect(call).to_be_focused()
+        await expect(page.locator(".highlighted")).to_have_count(1)
+
+        # PromQL links to Prometheus's graph; text from events is text, never markup.
+        link = call.get_by_role("link")
+        expected = f"{PROMETHEUS}/graph?g0.expr={quote(PROMQL, safe='')}&g0.tab=0"
+        assert await link.get_attribute("href") == expected
+        await expect(link).to_have_text(PROMQL)
+        await expect(page.locator(".event-alert")).to_contain_text(HOSTILE)
+        assert await page.locator(".event-alert img").count() == 0
+        assert await page.evaluate("document.body.dataset.owned") is None
+        assert reader.errors == []
+
+        # The same incident with an operate token: the buttons are there.
+        operator = await Tab.open(browser, f"{url}/?incident=inc-page")
+        await operator.give_token(OPERATE)
+        await expect(operator.page.get_by_role("button", name="Approve")).to_be_visible()
+        await expect(operator.page.get_by_role("button", name="Reject")).to_be_visible()
+        assert operator.errors == []
+        await reader.close()
+        await operator.close()
+
+
+async def test_the_page_is_served_without_a_token_and_its_config_with_one(nc: NATS) -> None:
+    async with api_served(nc, tokens=[READ], prometheus_url=PROMETHEUS + "/") as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            page = await client.get("/")
+            script = await client.get("/static/app.js")
+            style = await client.get("/static/style.css")
+            anonymous = await client.get("/api/v1/config")
+            config = await client.get(
+                "/api/v1/config", headers={"Authorization": f"Bearer {secret(READ)}"}
+            )
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert '<script src="/static/app.js" defer></script>' in page.text
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "innerHTML" not in script.text  # event text is put in as text nodes only
+    assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
+    assert anonymous.status_code == 401
+    assert config.json() == {"prometheus_url": PROMETHEUS, "base_url": "http://127.0.0.1:8080"}
