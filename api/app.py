@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from alertmanager.alert_events import EVENT_BUDGET
 from alertmanager.alert_index import AlertIndex
 from alertmanager.metrics import webhook_metrics
 from alertmanager.receiver import DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_WINDOW
-from api import commands, ops, page, queries, slack
-from api.auth import ApiToken, Tokens
+from api import commands, ops, page, problems, queries, slack
+from api.auth import Tokens
+from api.context import ApiContext
 from api.webhooks import add_webhook_routes
 from eventlog.publisher import EventPublisher
 
@@ -28,24 +28,6 @@ class WebhookConfig:
     timeout: float = 5.0
     read_timeout: float = DEFAULT_READ_TIMEOUT  # the whole body, seconds
     event_budget: int = EVENT_BUDGET  # bytes one alert's event may take (NATS max_payload)
-
-
-@dataclass(frozen=True)
-class ApiContext:
-    """What the API's queries, commands and page need besides the webhook's parts.
-
-    `nc` reads the stream (timelines, live streams), asks the projector's SQL service (lists,
-    SQL) and records commands; the page links PromQL to `prometheus_url`'s graph and Slack
-    links to `base_url`."""
-
-    nc: NATS
-    tokens: list[ApiToken] = field(default_factory=list)
-    base_url: str = "http://127.0.0.1:8080"
-    prometheus_url: str | None = None
-    sql_max_rows: int = 10_000
-    sql_timeout: float = 30.0
-    approval_expiry: timedelta = timedelta(minutes=30)
-    slack_signing_secret: str | None = None
 
 
 def create_app(
@@ -68,6 +50,7 @@ def create_app(
     if context is not None:
         app.state.context = context
         app.state.tokens = Tokens(context.tokens)
+        problems.install(app)
         queries.add_routes(app)
         commands.add_routes(app)
         ops.add_routes(app, registry)

@@ -29,6 +29,12 @@ from pydantic import BaseModel, Field
 
 from eventlog.sql import DEFAULT_MAX_ROWS, QueryResult, SqlError, SqlRefused, query
 
+
+class SqlUnanswered(SqlError):
+    """Nothing answered the request (no service on the subject, or none within the timeout):
+    the query was never judged."""
+
+
 SQL_SUBJECT_PREFIX = "vigil.sql"
 SQL_READ_SUBJECT = f"{SQL_SUBJECT_PREFIX}.read"  # a db id is hex: never "read"
 NO_VIGIL = "no running Vigil answers for this data dir (is `vigil up` running?)"
@@ -125,15 +131,15 @@ async def request_sql(
     timeout: float = 35.0,
     unanswered: str = NO_VIGIL,
 ) -> QueryResult:
-    """Ask the running service; raises SqlError (or SqlRefused) with its message, or with
-    `unanswered` when nothing serves `subject`."""
+    """Ask the running service; raises SqlError (or SqlRefused) with its message, or
+    SqlUnanswered (with `unanswered` when nothing serves `subject`)."""
     payload = SqlRequest(sql=sql, max_rows=max_rows).model_dump_json().encode()
     try:
         msg = await nc.request(subject, payload, timeout=timeout)
     except NoRespondersError:
-        raise SqlError(unanswered) from None
+        raise SqlUnanswered(unanswered) from None
     except NatsTimeoutError:
-        raise SqlError(f"the running Vigil did not answer within {timeout:g}s") from None
+        raise SqlUnanswered(f"the running Vigil did not answer within {timeout:g}s") from None
     try:
         reply = SqlReply.model_validate_json(msg.data)
     except ValueError:

@@ -314,7 +314,20 @@ def api_context(settings: Settings, nc: NATS) -> ApiContext:
         sql_max_rows=settings.sql_max_rows,
         sql_timeout=settings.sql_timeout_seconds,
         slack_signing_secret=secret.get_secret_value() if secret else None,
+        approval_expiry=approval_expiry(settings),
+        model=settings.model,
     )
+
+
+def approval_expiry(settings: Settings) -> timedelta:
+    """How long a plan waits for approval: the policy file's (VIGIL_POLICY), else the default
+    policy's; a policy that does not load fails here, in one line, as `vigil up` would."""
+    from responder.saga.policy import load_policy
+
+    try:
+        return load_policy(settings.policy).approval_expiry
+    except ConfigFileError as exc:
+        raise RoleFailed(str(exc)) from None
 
 
 def event_budget(max_payload: int) -> int:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from nats.js import JetStreamContext
 
 from eventlog.envelope import Event, new_event
-from eventlog.history import incident_events
+from eventlog.history import StoredEvent, incident_events
 from eventlog.payloads import (
     AnomalyDetected,
     AnomalyPredicted,
@@ -95,10 +95,11 @@ async def _record(
     js: JetStreamContext,
     incident_id: str,
     data: RemediationProposed | RemediationApproved | RemediationRejected,
-) -> None:
+) -> StoredEvent:
     event_id = uuid.uuid5(NAMESPACE, f"{incident_id}|{data.saga_id}|{type(data).__name__}")
     event = new_event(data, incident_id=incident_id, source=SOURCE, event_id=event_id)
-    await EventPublisher(js).publish(event)
+    ack = await EventPublisher(js).publish(event)
+    return StoredEvent(event, ack.seq)  # a duplicate's ack carries the first one's seq
 
 
 class NotAwaitingApproval(ValueError):
@@ -118,6 +119,25 @@ async def decide(
     """Approve or reject the plan of the incident that awaits approval (`saga_id` when there are
     several); a plan proposed more than `expiry` ago has expired and awaits nothing.
     NoSuchIncident, or NotAwaitingApproval naming what there is."""
+    recorded = await record_decision(
+        js, incident_id, approve=approve, by=by, reason=reason, saga_id=saga_id, expiry=expiry
+    )
+    assert isinstance(recorded.event.data, RemediationApproved | RemediationRejected)
+    return recorded.event.data
+
+
+async def record_decision(
+    js: JetStreamContext,
+    incident_id: str,
+    *,
+    approve: bool,
+    by: str,
+    reason: str = "",
+    saga_id: str | None = None,
+    expiry: timedelta = DEFAULT_EXPIRY,
+) -> StoredEvent:
+    """`decide`, answering with the event recorded and its stream sequence (the API says
+    which event its command produced)."""
     events = [s.event for s in await incident_events(js, incident_id)]
     if not any(isinstance(e.data, AnomalyDetected | AnomalyPredicted) for e in events):
         raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
@@ -136,8 +156,7 @@ async def decide(
         data = RemediationApproved(saga_id=waiting[0], by=by, comment=reason)
     else:
         data = RemediationRejected(saga_id=waiting[0], by=by, reason=reason)
-    await _record(js, incident_id, data)
-    return data
+    return await _record(js, incident_id, data)
 
 
 def saga_ids(events: list[Event]) -> list[str]:
