@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from api.auth import Reader
+from api.context import Context
 
 STATIC = Path(__file__).parent / "static"
 # The page runs only its own files: a value in an event that got into the DOM as markup
@@ -50,9 +51,8 @@ def add_routes(app: FastAPI) -> None:
         return HTMLResponse(index, headers=HEADERS)
 
     @app.get("/api/v1/config", tags=["page"])
-    def config(request: Request, principal: Reader) -> PageConfig:
+    def config(context: Context, principal: Reader) -> PageConfig:
         """What the timeline page links to: Prometheus's address and this API's own."""
-        context = request.app.state.context
         prometheus = context.prometheus_url.rstrip("/") if context.prometheus_url else None
         return PageConfig(prometheus_url=prometheus, base_url=context.base_url)
 

@@ -188,8 +188,9 @@ def diagnosed_story() -> list[object]:
         name, args = ("prometheus_query", {"query": PROMQL}) if i == 0 else (
             "service_signals", {"service": f"svc-{i}"})  # fmt: skip
         calls.append(ToolRequested(tool_call_id=f"tc-{i:02d}", tool_name=name, args=args))
-        calls.append(ToolCompleted(tool_call_id=f"tc-{i:02d}", tool_name=name,
-                                   result={"value": i, "series": [1, 2]}, duration_ms=12.0 + i))  # fmt: skip
+        result = {"value": i, "series": [1, 2]}
+        calls.append(ToolCompleted(tool_call_id=f"tc-{i:02d}", tool_name=name, result=result,
+                                   duration_ms=12.0 + i))  # fmt: skip
     top = Hypothesis(category="deploy_or_config_change", service="checkout", confidence=0.82,
                      explanation="5xx from 1% to 20% eight minutes after v2.14",
                      evidence=["tc-00"])  # fmt: skip
@@ -200,17 +201,19 @@ def diagnosed_story() -> list[object]:
         ruled_out=[RuledOut(what="payments", reason="healthy", evidence=["tc-07"])],
         gaps=["no topology file"],
     )  # fmt: skip
-    step = AgentStep(attempt=1, step=0, turn=0, model="builtin", request={}, duration_ms=3.0,
-                     response={"parts": [{"part_kind": "text", "content": "Looking at 5xx."}]})  # fmt: skip
+    said = {"parts": [{"part_kind": "text", "content": "Looking at 5xx."}]}
+    step = AgentStep(attempt=1, step=0, turn=0, model="builtin", request={}, response=said,
+                     duration_ms=3.0)  # fmt: skip
     plan = RemediationProposed(
         saga_id="saga-page", mode="approval", risk="low", by="responder",
         steps=[RemediationAction(action="note", params={"service": "checkout"})],
         rationale="recommended by attempt 1's report",
     )  # fmt: skip
+    alert = AnomalyDetected(origin="alertmanager", name="HighErrorRate", fingerprint="f1",
+                            starts_at=started, service="checkout", severity="critical",
+                            annotations={"summary": HOSTILE})  # fmt: skip
     return [
-        AnomalyDetected(origin="alertmanager", name="HighErrorRate", fingerprint="f1",
-                        starts_at=started, service="checkout", severity="critical",
-                        annotations={"summary": HOSTILE}),  # fmt: skip
+        alert,
         InvestigationStarted(model="builtin"),
         step,
         *calls,
@@ -272,15 +275,17 @@ async def test_a_read_token_sees_the_plan_but_no_buttons_and_evidence_leads_to_i
 
 
 async def test_the_page_is_served_without_a_token_and_its_config_with_one(nc: NATS) -> None:
-    async with api_served(nc, tokens=[READ], prometheus_url=PROMETHEUS + "/") as url:
-        async with httpx.AsyncClient(base_url=url) as client:
-            page = await client.get("/")
-            script = await client.get("/static/app.js")
-            style = await client.get("/static/style.css")
-            anonymous = await client.get("/api/v1/config")
-            config = await client.get(
-                "/api/v1/config", headers={"Authorization": f"Bearer {secret(READ)}"}
-            )
+    async with (
+        api_served(nc, tokens=[READ], prometheus_url=PROMETHEUS + "/") as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        page = await client.get("/")
+        script = await client.get("/static/app.js")
+        style = await client.get("/static/style.css")
+        anonymous = await client.get("/api/v1/config")
+        config = await client.get(
+            "/api/v1/config", headers={"Authorization": f"Bearer {secret(READ)}"}
+        )
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert '<script src="/static/app.js" defer></script>' in page.text

@@ -16,8 +16,9 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from prometheus_client import CollectorRegistry
 
 from alertmanager.alert_index import AlertIndex
-from api.app import ApiContext, WebhookConfig, create_app
+from api.app import WebhookConfig, create_app
 from api.auth import ApiToken
+from api.context import ApiContext
 from eventlog.payloads.investigation import CATEGORIES
 from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher
