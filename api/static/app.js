@@ -19,7 +19,7 @@
       else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
       else node.setAttribute(key, value === true ? "" : String(value));
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : String(child));
     }
@@ -403,14 +403,14 @@
     renderHead() {
       const r = this.row;
       this.title.textContent = `${r.title || "Incident"}${r.service ? ` on ${r.service}` : ""}`;
-      this.facts.replaceChildren(
+      this.facts.replaceChildren(...[
         chip(r.status || "open"),
         r.severity ? chip(r.severity, `sev-${r.severity}`) : null,
         h("span", {}, "Incident ", h("code", {}, this.id)),
         r.opened_at ? h("span", {}, "opened ", h("time", { datetime: r.opened_at, title: r.opened_at }, age(r.opened_at))) : null,
         r.acknowledged_by ? h("span", {}, `acknowledged by ${r.acknowledged_by}`) : null,
         r.resolution ? h("span", {}, `resolved (${r.resolution.replaceAll("_", " ")})`) : null,
-      );
+      ].filter(Boolean));
     }
 
     add(event) {
