@@ -84,6 +84,11 @@ async def test_an_incident_investigated_while_the_page_is_open_is_followed_and_a
         api_served(nc, tokens=[OPERATE, READ], prometheus_url=golden_prometheus.url) as url,
         watching(js) as watch,
     ):
+        # The workers' durable consumer takes only requests made after it exists: made now,
+        # the requests wait for the workers started below (as for a restarted worker).
+        stop_workers, working = await workers(nc, registry, tools)
+        stop_workers.set()
+        await working
         tab = await Tab.open(browser, url + "/")
         page = tab.page
         await tab.give_token(OPERATE)
@@ -156,13 +161,13 @@ async def test_an_incident_investigated_while_the_page_is_open_is_followed_and_a
 
 
 async def screenshot(tab: Tab) -> None:
-    """docs/timeline.png: the report and the plan in view, at 1280 wide."""
+    """docs/timeline.png, 1280 wide: the report and the plan it led to, in view."""
     page = tab.page
-    await page.locator(".event-report").scroll_into_view_if_needed()
-    await page.evaluate(
-        "window.scrollTo(0, document.querySelector('.event-report').getBoundingClientRect().top"
-        " + window.scrollY - 140)"
+    await page.set_viewport_size({"width": 1280, "height": 1300})
+    top = await page.locator(".event-report").evaluate(
+        "node => node.getBoundingClientRect().top + window.scrollY"
     )
+    await page.evaluate(f"window.scrollTo(0, {top} - 120)")
     await page.screenshot(path=str(SCREENSHOT), type="png")
 
 
