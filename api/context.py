@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated
@@ -31,6 +32,8 @@ class ApiContext:
     slack_signing_secret: str | None = None
     model: str = "builtin"  # recorded on the attempts /investigate opens (the responder's own)
     stream_replicas: int = 1  # of the pause switch's bucket, when the API makes it
+    # Set when the server is told to stop: live streams (SSE) end rather than hold it up.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def js(self) -> JetStreamContext:

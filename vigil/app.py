@@ -282,7 +282,7 @@ async def run_api(
                 read_timeout=settings.webhook_read_timeout_seconds,
                 event_budget=event_budget(nc.max_payload),
             ),
-            context=api_context(settings, nc),
+            context=api_context(settings, nc, stopping=stop),
         )
         # A request may wait out the timeout three times (index, decision, publish) before 503.
         grace = 3 * settings.webhook_timeout_seconds
@@ -298,9 +298,10 @@ async def run_api(
             await index.close()
 
 
-def api_context(settings: Settings, nc: NATS) -> ApiContext:
+def api_context(settings: Settings, nc: NATS, *, stopping: asyncio.Event) -> ApiContext:
     """What /api/v1, the page and Slack's buttons are given; says at start when no API token
-    is configured, since the API then answers loopback clients only."""
+    is configured, since the API then answers loopback clients only. `stopping` ends the live
+    streams when the server stops."""
     if not settings.api_tokens:
         log.warning(
             "no API token configured (VIGIL_API_TOKENS): the API answers loopback clients only"
@@ -313,6 +314,7 @@ def api_context(settings: Settings, nc: NATS) -> ApiContext:
         prometheus_url=settings.prometheus_url,
         sql_max_rows=settings.sql_max_rows,
         sql_timeout=settings.sql_timeout_seconds,
+        stopping=stopping,
         slack_signing_secret=secret.get_secret_value() if secret else None,
         approval_expiry=approval_expiry(settings),
         model=settings.model,

@@ -477,6 +477,72 @@ def nats_url_of(cfg: Settings) -> str:
 
 
 @app.command()
+def api() -> None:
+    """Run the HTTP API alone against VIGIL_NATS_URL: the webhook, /api/v1 and the page.
+
+    Lists and SQL need a projector on the same NATS (`vigil projector` or `vigil up`).
+    """
+    cfg = settings()
+    if not cfg.nats_url:
+        raise CliError("VIGIL_NATS_URL is required: the API joins an existing NATS")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        assert cfg.nats_url
+
+        def announce() -> None:
+            host, port = sock.getsockname()[:2]
+            where = f"[{host}]" if ":" in host else host
+            console.print(f"API    http://{where}:{port}/api/v1 (the page at /, OpenAPI at /docs)")
+            console.print(f"HTTP   http://{where}:{port}/webhooks/alertmanager")
+            if cfg.webhook_token is None:
+                err.print("warning: VIGIL_WEBHOOK_TOKEN is not set: the webhook refuses all")
+            console.print("vigil api is up")
+
+        await run_api(cfg, cfg.nats_url, sock, stop, on_ready=announce)
+        console.print("vigil api stopped")
+
+    sock = bind_http(cfg)
+    try:
+        run(main())
+    finally:
+        sock.close()
+
+
+@app.command()
+def tail(
+    incident_id: Annotated[
+        str | None, typer.Argument(help="only this incident's events (default: all)")
+    ] = None,
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="first what the stream holds already")
+    ] = False,
+    after: Annotated[
+        int | None, typer.Option(min=0, help="start after this stream sequence")
+    ] = None,
+) -> None:
+    """Print events live, one line each (time, seq, incident, type, a summary), until Ctrl-C;
+    from now on unless --from-start or --after. Against VIGIL_NATS_URL or the running
+    `vigil up` of the data dir."""
+    from vigil.tail import tail as follow
+
+    if incident_id is not None:
+        _check_incident_id(incident_id)
+    if from_start and after is not None:
+        raise CliError("--from-start and --after: give one")
+    cfg = settings()
+    url = nats_url_of(cfg)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await follow(url, incident_id, after=0 if from_start else after, stop=stop)
+
+    run(main())
+
+
+@app.command()
 def projector() -> None:
     """Run the projector (and its SQL service) alone against VIGIL_NATS_URL."""
     cfg = settings()

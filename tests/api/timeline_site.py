@@ -54,7 +54,10 @@ async def api_served(
     )  # fmt: skip
     try:
         async with serving(app) as url:
-            yield url
+            try:
+                yield url
+            finally:
+                context.stopping.set()  # the live streams end: the server can stop
     finally:
         await index.close()
 
