@@ -201,13 +201,15 @@
 
   /** Follow an SSE route until `signal` aborts, reconnecting with Last-Event-ID = the last
    *  sequence seen, so no event is missed or shown twice across a reconnect. */
-  async function follow(path, { after, onEvent, signal }) {
+  async function follow(path, { after, onEvent, signal, resumeFrom }) {
     let last = after;
     let wait = 500;
     while (!signal.aborted) {
       try {
         const headers = { Accept: "text/event-stream", ...auth.headers() };
-        if (last !== null && last !== undefined) headers["Last-Event-ID"] = String(last);
+        // A stream that has sent nothing yet resumes from what the page saw elsewhere.
+        const from = last ?? (resumeFrom ? resumeFrom() : null);
+        if (from !== null && from !== undefined) headers["Last-Event-ID"] = String(from);
         const response = await fetch(path, { headers, signal, cache: "no-store" });
         if (response.status === 401) {
           await auth.ask(await detailOf(response));
@@ -220,6 +222,7 @@
           const event = JSON.parse(message.data);
           if (message.id !== null && /^\d+$/.test(message.id)) last = Number(message.id);
           else if (Number.isInteger(event.seq)) last = event.seq;
+          saw(event);
           onEvent(event);
         }
       } catch (error) {
@@ -230,6 +233,12 @@
       await pause(wait, signal);
       wait = Math.min(wait * 2, 10000);
     }
+  }
+
+  // The highest stream sequence the page has received, from any route: every event has one.
+  let seen = null;
+  function saw(event) {
+    if (Number.isInteger(event.seq) && (seen === null || event.seq > seen)) seen = event.seq;
   }
 
   const connection = {
@@ -325,13 +334,19 @@
   async function startList() {
     const controller = new AbortController();
     // The stream first: what happens while the list loads is folded in, not missed.
-    follow("/api/v1/stream", { after: null, onEvent: foldRow, signal: controller.signal });
-    const answer = await api("/api/v1/incidents?limit=50");
-    for (const incident of answer.incidents) {
-      const live = list.rows.get(incident.incident_id);
-      list.rows.set(incident.incident_id, live ? { ...incident, ...live } : { ...incident });
+    follow("/api/v1/stream", { after: null, onEvent: foldRow, signal: controller.signal,
+      resumeFrom: () => seen });
+    try {
+      const answer = await api("/api/v1/incidents?limit=50");
+      for (const incident of answer.incidents) {
+        const live = list.rows.get(incident.incident_id);
+        list.rows.set(incident.incident_id, live ? { ...incident, ...live } : { ...incident });
+      }
+      renderList();
+    } catch (error) { // the read model may be down: the live stream still fills the list
+      $("incidents-empty").hidden = false;
+      $("incidents-empty").textContent = `The list cannot be loaded: ${error.message}`;
     }
-    renderList();
     setInterval(() => {
       for (const node of document.querySelectorAll("time.age")) node.textContent = age(node.getAttribute("datetime"));
     }, 30000);
@@ -735,7 +750,7 @@
       for (let after = 0; ;) {
         const page = await api(`/api/v1/incidents/${encodeURIComponent(id)}/events?after=${after}&limit=${PAGE}`);
         if (signal.aborted) return;
-        for (const event of page.events) view.add(event);
+        for (const event of page.events) { saw(event); view.add(event); }
         if (page.events.length < PAGE) break;
         after = page.events[page.events.length - 1].seq;
       }

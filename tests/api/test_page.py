@@ -23,6 +23,7 @@ from eventlog.payloads import (
     AgentStep,
     AnomalyDetected,
     Hypothesis,
+    IncidentAcknowledged,
     InvestigationStarted,
     RemediationAction,
     RemediationApproved,
@@ -40,6 +41,7 @@ from tests.api.timeline_site import (
     Tab,
     api_served,
     chromium,
+    listening,
     orchestrating,
     read_model,
     secret,
@@ -300,3 +302,36 @@ async def test_the_page_is_served_without_a_token_and_its_config_with_one(nc: NA
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
     assert anonymous.status_code == 401
     assert config.json() == {"prometheus_url": PROMETHEUS, "base_url": "http://127.0.0.1:8080"}
+
+
+async def test_the_page_resumes_its_streams_after_the_api_restarts_and_shows_each_event_once(
+    nc: NATS, js: JetStreamContext, db_path: Path, browser: Browser
+) -> None:
+    story = diagnosed_story()  # no token configured: the page is a loopback client
+    await publish(js, "inc-back", *story[:2])
+    sock = listening()  # kept across the restart, as `vigil up` keeps its API's
+    try:
+        async with read_model(nc, db_path):
+            async with api_served(nc, sock=sock) as url:
+                tab = await Tab.open(browser, f"{url}/?incident=inc-back")
+                page = tab.page
+                await expect(page.locator("#who")).to_have_text("local · operate")
+                await expect(page.locator(".event")).to_have_count(2)
+                await expect(page.locator("#connection")).to_have_text("live")
+            await expect(page.locator("#connection")).to_have_text("reconnecting…")
+            await publish(js, "inc-back", *story[2:])  # while the API is down
+            async with api_served(nc, sock=sock):
+                await expect(page.locator("#connection")).to_have_text("live")
+                await expect(page.locator(".event-report")).to_have_count(1)
+                await append(js, IncidentAcknowledged(by="bob"), "inc-back")
+                await expect(page.locator(".event-person")).to_contain_text("Acknowledged by bob")
+                # Each event once: the alert, the start, the step, 24 calls (their outcomes
+                # shown on them), the report, the plan and the acknowledgement.
+                await expect(page.locator(".event")).to_have_count(30)
+                await expect(page.locator(".event-tool")).to_have_count(24)
+                row = page.locator('[data-incident="inc-back"]')
+                await expect(row).to_contain_text("deploy or config change of checkout")
+                assert tab.errors == []
+                await tab.close()
+    finally:
+        sock.close()

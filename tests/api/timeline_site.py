@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
@@ -27,7 +29,6 @@ from eventlog.store import ProjectionStore
 from responder.saga.catalog import Catalog
 from responder.saga.orchestrator import Orchestrator, Timing, run_orchestrator
 from responder.saga.policy import Policy, ServicePolicy
-from tests.loopback import serving
 from tests.responder.saga_target import Deployer, catalog_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -40,11 +41,25 @@ def secret(token: ApiToken) -> str:
     return token.token.get_secret_value()
 
 
+def listening() -> socket.socket:
+    """A listening socket on a free loopback port, to serve the API on again after a stop."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def api_served(
-    nc: NATS, *, tokens: list[ApiToken] | None = None, prometheus_url: str | None = None
+    nc: NATS,
+    *,
+    tokens: list[ApiToken] | None = None,
+    prometheus_url: str | None = None,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[str]:
-    """The whole API (webhook, /api/v1, the page) on `http://127.0.0.1:PORT`."""
+    """The whole API (webhook, /api/v1, the page) on `http://127.0.0.1:PORT`; on `sock` when
+    given, which stays open afterwards (as `vigil up` keeps its socket across a restart of its
+    API: clients wait in the backlog meanwhile)."""
     js = nc.jetstream()
     index = await AlertIndex.open(js)
     context = ApiContext(nc=nc, tokens=tokens or [], prometheus_url=prometheus_url)
@@ -52,13 +67,21 @@ async def api_served(
         EventPublisher(js), index, WebhookConfig(token=None), registry=CollectorRegistry(),
         context=context,
     )  # fmt: skip
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    config.load()
+    server.lifespan = config.lifespan_class(config)  # what serve() does before startup()
+    serving = sock.dup() if sock is not None else listening()
+    await server.startup(sockets=[serving])
+    task = asyncio.create_task(server.main_loop())
     try:
-        async with serving(app) as url:
-            try:
-                yield url
-            finally:
-                context.stopping.set()  # the live streams end: the server can stop
+        yield f"http://127.0.0.1:{serving.getsockname()[1]}"
     finally:
+        context.stopping.set()  # the live streams end, so the server can stop
+        server.should_exit = True
+        await task
+        await server.shutdown(sockets=[serving])
+        serving.close()
         await index.close()
 
 
