@@ -51,13 +51,17 @@
     return `${Math.floor(seconds / 86400)} d ago`;
   }
 
-  function clock(iso) {
+  function clock(iso, dated) {
     const at = new Date(iso);
-    return Number.isNaN(at.getTime()) ? String(iso) : at.toLocaleTimeString([], { hour12: false });
+    if (Number.isNaN(at.getTime())) return String(iso);
+    const time = at.toLocaleTimeString([], { hour12: false });
+    const today = at.toDateString() === new Date().toDateString();
+    return dated && !today ? `${at.toLocaleDateString()} ${time}` : time;
   }
 
-  function timeOf(iso) {
-    return h("time", { datetime: iso, title: iso }, clock(iso));
+  /** A time of day; with `dated`, the day too when it is not today. */
+  function timeOf(iso, dated = false) {
+    return h("time", { datetime: iso, title: iso }, clock(iso, dated));
   }
 
   function chip(text, kind) {
@@ -478,13 +482,13 @@
       const about = (d.annotations || {}).summary || (d.annotations || {}).description;
       return this.item(e, "alert", `Alert ${d.name} fired${d.service ? ` on ${d.service}` : ""}`,
         h("p", {}, d.severity ? chip(d.severity, `sev-${d.severity}`) : null,
-          ` ${d.origin}, since `, timeOf(d.starts_at), d.value !== null && d.value !== undefined ? ` · value ${summarize(d.value)}` : ""),
+          ` ${d.origin}, since `, timeOf(d.starts_at, true), d.value !== null && d.value !== undefined ? ` · value ${summarize(d.value)}` : ""),
         about ? h("p", {}, about) : null,
         labels ? h("p", { class: "labels" }, labels) : null);
     }
 
     onAnomalyResolved(e, d) {
-      return this.item(e, "alert", `Alert ${d.name} resolved`, h("p", {}, "ended ", timeOf(d.ends_at)));
+      return this.item(e, "alert", `Alert ${d.name} resolved`, h("p", {}, "ended ", timeOf(d.ends_at, true)));
     }
 
     onIncidentAcknowledged(e, d) {
