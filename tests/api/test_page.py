@@ -18,17 +18,27 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from playwright.async_api import Browser, expect
 
+from api.auth import ApiToken
 from eventlog.envelope import Event, new_event
 from eventlog.payloads import (
     AgentStep,
     AnomalyDetected,
+    CompensationFailed,
+    CompensationStarted,
+    CompensationSucceeded,
     Hypothesis,
     IncidentAcknowledged,
     InvestigationStarted,
+    NotificationSent,
     RemediationAction,
     RemediationApproved,
     RemediationProposed,
     RootCauseConcluded,
+    SagaCompensated,
+    SagaStarted,
+    SagaStepFailed,
+    SagaStepStarted,
+    SagaStepSucceeded,
     ToolCompleted,
     ToolRequested,
 )
@@ -337,3 +347,77 @@ async def test_the_page_resumes_its_streams_after_the_api_restarts_and_shows_eac
                 await tab.close()
     finally:
         sock.close()
+
+
+def undone_story() -> list[object]:
+    """A plan of two steps whose second fails: the first is undone on the second try; a
+    notification went out."""
+    steps = [RemediationAction(action="set_version", params={"service": s, "version": "2"})
+             for s in ("checkout", "search")]  # fmt: skip
+    saga = "saga-undone"
+    return [
+        anomaly(starts_at=datetime.now(UTC) - timedelta(minutes=5)),
+        NotificationSent(channel="slack", target="#incidents", milestone="opened"),
+        RemediationProposed(saga_id=saga, steps=steps, mode="auto", by="ana"),
+        SagaStarted(saga_id=saga, steps=steps, services=["checkout", "search"]),
+        SagaStepStarted(
+            saga_id=saga,
+            step=0,
+            action="set_version",
+            params=steps[0].params,
+            idempotency_key=f"{saga}:0:1",
+        ),
+        SagaStepSucceeded(saga_id=saga, step=0, action="set_version", output={"previous": "1"}),
+        SagaStepStarted(
+            saga_id=saga,
+            step=1,
+            action="set_version",
+            params=steps[1].params,
+            idempotency_key=f"{saga}:1:1",
+        ),
+        SagaStepFailed(saga_id=saga, step=1, action="set_version", error="422: health check"),
+        CompensationStarted(saga_id=saga, step=0, action="set_version"),
+        CompensationFailed(saga_id=saga, step=0, action="set_version", error="503: busy"),
+        CompensationStarted(saga_id=saga, step=0, action="set_version"),
+        CompensationSucceeded(saga_id=saga, step=0, action="set_version"),
+        SagaCompensated(saga_id=saga, reason="step 1 failed: 422: health check"),
+    ]
+
+
+async def test_a_wrong_token_is_asked_again_and_an_undone_plan_shows_each_step_undone(
+    nc: NATS, js: JetStreamContext, db_path: Path, browser: Browser
+) -> None:
+    await publish(js, "inc-undone", *undone_story())
+    async with read_model(nc, db_path), api_served(nc, tokens=[OPERATE]) as url:
+        tab = await Tab.open(browser, f"{url}/?incident=inc-undone")
+        page = tab.page
+        await tab.give_token(ApiToken.parse("mallory:operate:not-a-token-we-know-of"))
+        dialog = page.get_by_role("dialog", name="API token")
+        await expect(dialog).to_contain_text("this bearer token is not one of VIGIL_API_TOKENS")
+        await tab.give_token(OPERATE)
+        await expect(page.locator("#who")).to_have_text("alice · operate")
+        saga = page.locator("#saga-saga-undone")
+        await expect(saga.locator(".saga-status")).to_have_text("compensated")
+        await expect(saga.locator(".step-status")).to_have_text(["compensated", "failed"])
+        await expect(saga.locator(".saga-step").nth(1)).to_contain_text("422: health check")
+        lines = page.locator(".event-saga-event h3")
+        await expect(lines).to_have_text([
+            "Saga saga-undone started",
+            "Step 0 (set_version) running", "Step 0 (set_version) completed",
+            "Step 1 (set_version) running", "Step 1 (set_version) failed",
+            "Compensation of step 0 (set_version) compensating",
+            "Compensation of step 0 (set_version) compensation failed",
+            "Compensation of step 0 (set_version) compensating",
+            "Compensation of step 0 (set_version) compensated",
+            "Saga saga-undone undone",
+        ])  # fmt: skip
+        await expect(page.locator(".event-notice")).to_have_text(
+            re.compile(r"Notified slack: opened\s*#incidents")
+        )
+        # The token is kept: a new page of the same browser asks for none.
+        again = await tab.context.new_page()
+        await again.goto(f"{url}/?incident=inc-undone")
+        await expect(again.locator("#who")).to_have_text("alice · operate")
+        await expect(again.get_by_role("dialog", name="API token")).to_be_hidden()
+        assert tab.errors == []
+        await tab.close()
