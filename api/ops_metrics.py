@@ -41,6 +41,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from eventlog.sql import QueryResult, SqlError
 from eventlog.sql_service import request_read_model
@@ -233,6 +234,8 @@ def _read_model_families(f: Figures) -> list[Metric]:
     tools = HistogramMetricFamily("vigil_tool_call_duration_seconds", "how long finished tool "
                                   "calls took, by tool", labels=["tool"])  # fmt: skip
     for t in f.tools or []:
-        buckets = [(f"{le:g}", c) for le, c in zip(TOOL_BUCKETS, t.cumulative, strict=True)]
+        buckets = [
+            (floatToGoString(le), c) for le, c in zip(TOOL_BUCKETS, t.cumulative, strict=True)
+        ]
         tools.add_metric([t.tool], [*buckets, ("+Inf", t.count)], sum_value=t.sum_seconds)
     return [investigations, sagas, tools]

@@ -68,11 +68,15 @@ def _problem_422s(schema: dict[str, Any]) -> None:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.setdefault("Problem", Problem.model_json_schema())
     ref = {"$ref": "#/components/schemas/Problem"}
+    unreadable = {"description": "the body could not be read as JSON (UTF-8)",
+                  "content": {"application/json": {"schema": ref}}}  # fmt: skip
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
-            invalid = operation.get("responses", {}).get("422")
-            if invalid is not None:
+            responses = operation.get("responses", {})
+            if (invalid := responses.get("422")) is not None:
                 invalid["content"] = {"application/json": {"schema": ref}}
+            if "requestBody" in operation:  # FastAPI's 400 for bytes it cannot decode
+                responses.setdefault("400", unreadable)
     for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's, unless still used
         removed = components.pop(name, None)
         if removed is not None and f"#/components/schemas/{name}" in json.dumps(schema):

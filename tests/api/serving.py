@@ -1,6 +1,7 @@
 """The API of /api/v1 against real parts: the test's nats-server, a projector folding the
 stream into a DuckDB file and answering SQL on the bus, and the app (in process over ASGI, or
-under uvicorn on a free loopback port for streaming clients)."""
+under uvicorn on a free loopback port for streaming clients). The tokens: reader and ops (the
+queries' tests), ana (operate) and rob (read) (the commands' and ops' tests)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,17 @@ from vigil.app import serve_http
 
 READ_TOKEN = "read-token-0123456789"
 OPERATE_TOKEN = "operate-token-0123456789"
+ANA_TOKEN = "ana-operate-token-000001"
+ROB_TOKEN = "rob-read-token-0000000001"
 TOKENS = [
     ApiToken.parse(f"reader:read:{READ_TOKEN}"),
     ApiToken.parse(f"ops:operate:{OPERATE_TOKEN}"),
+    ApiToken.parse(f"ana:operate:{ANA_TOKEN}"),
+    ApiToken.parse(f"rob:read:{ROB_TOKEN}"),
 ]
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+AS_ANA = {"Authorization": f"Bearer {ANA_TOKEN}"}
+AS_ROB = {"Authorization": f"Bearer {ROB_TOKEN}"}
 
 
 @dataclass
@@ -74,9 +81,9 @@ async def api_app(nc: NATS, **context: Any) -> AsyncIterator[FastAPI]:
     js = nc.jetstream()
     index = await AlertIndex.open(js)
     app = create_app(
-        EventPublisher(js),
+        EventPublisher(js, ack_timeout=2.0),
         index,
-        WebhookConfig(token="webhook-token"),
+        WebhookConfig(token="webhook-token-00001", timeout=2.0),
         registry=CollectorRegistry(),
         context=ApiContext(nc=nc, **({"tokens": TOKENS, "sql_timeout": 10.0} | context)),
     )
@@ -84,6 +91,32 @@ async def api_app(nc: NATS, **context: Any) -> AsyncIterator[FastAPI]:
         yield app
     finally:
         await index.close()
+
+
+@contextlib.asynccontextmanager
+async def api(nc: NATS, **context: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """`api_app`, and an httpx client calling it in process."""
+    async with api_app(nc, **context) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def projector_serving(nc: NATS, path: Path) -> AsyncIterator[Projector]:
+    """A projector following the stream into `path` and answering read-only SQL over NATS."""
+    store = ProjectionStore(path)
+    projector = Projector(nc.jetstream(), store, batch=200)
+    service = await serve_sql(nc, store.con, store.db_id, timeout=5.0, max_rows=1000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        yield projector
+    finally:
+        stop.set()
+        await task
+        await service.stop()
+        store.close()
 
 
 def in_process(app: FastAPI, client: str = "127.0.0.1") -> httpx.AsyncClient:
