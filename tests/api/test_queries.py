@@ -29,7 +29,7 @@ from eventlog.payloads import (
 from eventlog.publisher import EventPublisher
 from eventlog.sql_service import serve_sql
 from eventlog.store import ProjectionStore
-from tests.api.serving import READ, TOKENS, ReadModel, api_app, in_process, read_model
+from tests.api.reading import READ, TOKENS, ReadModel, api_app, in_process, read_model
 from tests.eventlog.projecting import fired
 from tests.eventlog.samples import concluded, event
 
@@ -157,29 +157,24 @@ async def test_filters_by_status_service_and_time(
     assert await ids(status="open", service="o'brien") == ["inc-2"]
 
 
-@pytest.mark.parametrize(
-    ("params", "says"),
-    [
-        ({"status": "closed"}, "status 'closed' is not one of open, investigating, diagnosed"),
-        ({"since": "yesterday"}, "since 'yesterday' is not an ISO 8601 time with a zone"),
-        ({"until": "2026-11-24T12:00:00"}, "until '2026-11-24T12:00:00' is not an ISO 8601 time"),
-        (
-            {"since": "2026-11-25T00:00:00Z", "until": "2026-11-24T00:00:00Z"},
-            "since must be before",
-        ),
-        ({"cursor": "not-a-cursor"}, "cursor: not one this API gave"),
-        ({"cursor": Cursor(1, "x' OR 1=1 --").encode()}, "cursor: not one this API gave"),
-        ({"limit": "0"}, "limit"),
-        ({"limit": "501"}, "limit"),
-        ({"service": ""}, "service: give 1 to 256 characters"),
-    ],
-)
-async def test_a_bad_filter_is_422_naming_it(
-    client: httpx.AsyncClient, params: dict[str, str], says: str
-) -> None:
-    answer = await client.get("/api/v1/incidents", params=params, headers=READ)
-    assert answer.status_code == 422
-    assert says in str(answer.json()["detail"])
+BAD_FILTERS = [
+    ({"status": "closed"}, "status 'closed' is not one of open, investigating, diagnosed"),
+    ({"since": "yesterday"}, "since 'yesterday' is not an ISO 8601 time with a zone"),
+    ({"until": "2026-11-24T12:00:00"}, "until '2026-11-24T12:00:00' is not an ISO 8601 time"),
+    ({"since": "2026-11-25T00:00:00Z", "until": "2026-11-24T00:00:00Z"}, "since must be before"),
+    ({"cursor": "not-a-cursor"}, "cursor: not one this API gave"),
+    ({"cursor": Cursor(1, "x' OR 1=1 --").encode()}, "cursor: not one this API gave"),
+    ({"limit": "0"}, "limit"),
+    ({"limit": "501"}, "limit"),
+    ({"service": ""}, "service: give 1 to 256 characters"),
+]
+
+
+async def test_a_bad_filter_is_422_naming_it(client: httpx.AsyncClient) -> None:
+    for params, says in BAD_FILTERS:
+        answer = await client.get("/api/v1/incidents", params=params, headers=READ)
+        assert answer.status_code == 422, params
+        assert says in str(answer.json()["detail"]), (params, answer.text)
 
 
 async def test_pages_hold_every_incident_once_while_new_ones_arrive(
@@ -286,7 +281,8 @@ async def test_an_unknown_incident_is_404_and_a_bad_id_422(client: httpx.AsyncCl
         assert answer.json() == {"detail": "no incident 'nope': the stream has no event of it"}
     bad = await client.get("/api/v1/incidents/a.b", headers=READ)
     assert bad.status_code == 422
-    assert "'a.b' is not an incident id" in bad.json()["detail"]
+    assert "incident_id" in str(bad.json()["detail"])  # and the pattern it must match
+    assert "pattern" in str(bad.json()["detail"])
     assert (await client.get("/api/v1/incidents/*/events", headers=READ)).status_code == 422
 
 

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from tests.api.serving import read_model
+from tests.api.reading import read_model
 from tests.eventlog.projecting import fired
 from tests.vigil.vigil_cli_support import vigil_env
 from vigil.broker import EmbeddedNats
@@ -31,6 +32,7 @@ async def readline(stream: asyncio.StreamReader | None) -> str:
     return raw.decode().rstrip("\n")
 
 
+@pytest.mark.slow
 async def test_the_api_alone_serves_v1_and_stops_with_a_stream_open(
     nats_server: EmbeddedNats, nc: NATS, js: JetStreamContext, tmp_path: Path
 ) -> None:
@@ -72,6 +74,7 @@ async def test_the_api_alone_serves_v1_and_stops_with_a_stream_open(
             await proc.wait()
 
 
+@pytest.mark.slow
 async def test_the_api_alone_needs_a_nats_url(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "vigil", "api",

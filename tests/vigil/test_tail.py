@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from nats.js import JetStreamContext
 
 from eventlog.envelope import Event
@@ -68,6 +69,7 @@ def fired(incident: str, minute: float) -> Event:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 async def test_events_appended_after_it_starts_appear_one_line_each(
     nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
 ) -> None:
@@ -88,6 +90,7 @@ async def test_events_appended_after_it_starts_appear_one_line_each(
     assert (await js.stream_info(EVENTS_STREAM)).state.consumer_count == consumers
 
 
+@pytest.mark.slow
 async def test_from_the_start_of_every_incident_then_live(
     nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
 ) -> None:
@@ -104,6 +107,7 @@ async def test_from_the_start_of_every_incident_then_live(
         assert await asyncio.wait_for(tail.proc.wait(), DEADLINE) == 0
 
 
+@pytest.mark.slow
 async def test_after_a_sequence_and_bad_arguments(
     nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
 ) -> None:
