@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from api.auth import Reader
 from api.context import Context
+from api.problems import problem
 
 STATIC = Path(__file__).parent / "static"
 # The page runs only its own files: a value in an event that got into the DOM as markup
@@ -50,7 +51,12 @@ def add_routes(app: FastAPI) -> None:
     def page() -> HTMLResponse:
         return HTMLResponse(index, headers=HEADERS)
 
-    @app.get("/api/v1/config", tags=["page"])
+    refused = {
+        401: problem("no bearer token, or one not configured"),
+        403: problem("a remote client and no tokens configured"),
+    }
+
+    @app.get("/api/v1/config", tags=["page"], responses=refused)
     def config(context: Context, principal: Reader) -> PageConfig:
         """What the timeline page links to: Prometheus's address and this API's own."""
         prometheus = context.prometheus_url.rstrip("/") if context.prometheus_url else None
