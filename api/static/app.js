@@ -426,7 +426,7 @@
         chip(r.status || "open"),
         r.severity ? chip(r.severity, `sev-${r.severity}`) : null,
         h("span", {}, "Incident ", h("code", {}, this.id)),
-        r.opened_at ? h("span", {}, "opened ", h("time", { datetime: r.opened_at, title: r.opened_at }, age(r.opened_at))) : null,
+        r.opened_at ? h("span", {}, "opened ", h("time", { class: "age", datetime: r.opened_at, title: r.opened_at }, age(r.opened_at))) : null,
         r.acknowledged_by ? h("span", {}, `acknowledged by ${r.acknowledged_by}`) : null,
         r.resolution ? h("span", {}, `resolved (${r.resolution.replaceAll("_", " ")})`) : null,
       ].filter(Boolean));
