@@ -307,9 +307,10 @@
     return [
       h("span", { class: "line" },
         chip(row.status), h("span", { class: "service" }, row.service || "unknown service"),
-        row.severity ? chip(row.severity, `sev-${row.severity}`) : null,
+        row.severity ? chip(row.severity, `sev-${row.severity}`) : null),
+      h("span", { class: "line" },
+        h("span", { class: "title" }, row.title || row.incident_id),
         h("time", { class: "age", datetime: row.opened_at, title: row.opened_at }, age(row.opened_at))),
-      h("span", { class: "title" }, row.title || row.incident_id),
       h("span", { class: "cause" }, cause),
     ];
   }
@@ -696,9 +697,9 @@
         if (!this.awaiting.has(node.dataset.saga)) node.remove();
       }
       for (const sagaId of this.awaiting) {
-        if (shown.has(sagaId)) continue;
         const saga = this.sagas.get(sagaId);
-        const plan = saga ? saga.proposal.steps.map((s) => `${s.action} ${summarize(s.params)}`).join("; ") : sagaId;
+        if (shown.has(sagaId) || !saga) continue; // shown once its proposal is read
+        const plan = saga.proposal.steps.map((s) => `${s.action} ${summarize(s.params)}`).join("; ");
         const message = h("p", { class: "banner-message", role: "alert" });
         const note = h("input", { type: "text", class: "note", "aria-label": "Comment or reason (optional)", placeholder: "Comment or reason (optional)" });
         const decide = async (approve, button) => {
@@ -722,7 +723,7 @@
         const box = h("div", { class: "banner", "data-saga": sagaId },
           h("h3", {}, "Awaiting approval"),
           h("p", {}, "Plan ", h("code", {}, sagaId), `: ${plan}`),
-          saga && saga.proposal.rationale ? h("p", { class: "rationale" }, saga.proposal.rationale) : null,
+          saga.proposal.rationale ? h("p", { class: "rationale" }, saga.proposal.rationale) : null,
           actions, message);
         this.banner.append(box);
       }

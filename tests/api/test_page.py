@@ -255,6 +255,7 @@ async def test_a_read_token_sees_the_plan_but_no_buttons_and_evidence_leads_to_i
         await expect(page.locator("#who")).to_have_text("rita · read")
         banner = page.locator('.banner[data-saga="saga-page"]')
         await expect(banner).to_contain_text("Awaiting approval")
+        await expect(banner).to_contain_text("Plan saga-page: note service: checkout")
         await expect(banner).to_contain_text("An operate token may approve or reject it.")
         await expect(page.get_by_role("button", name="Approve")).to_have_count(0)
         await expect(page.get_by_role("button", name="Reject")).to_have_count(0)
