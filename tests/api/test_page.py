@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -65,7 +67,8 @@ from tests.responder.tool_workers import workers
 
 __all__ = ["golden_prometheus"]  # a fixture
 
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "timeline.png"
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "timeline.png"
 PROMETHEUS = "http://prometheus.example:9090"
 HOSTILE = '<img src=x onerror="document.body.dataset.owned=1">'
 expect.set_options(timeout=20_000)  # a CPU hog beside the test slows chromium down
@@ -422,3 +425,12 @@ async def test_a_wrong_token_is_asked_again_and_an_undone_plan_shows_each_step_u
         await expect(again.get_by_role("dialog", name="API token")).to_be_hidden()
         assert tab.errors == []
         await tab.close()
+
+
+def test_every_file_of_the_page_is_packaged() -> None:
+    """`pip install` brings the page along: each file of api/static is package data."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["api"]
+    files = sorted(str(p.relative_to(ROOT / "api")) for p in (ROOT / "api" / "static").iterdir())
+    assert {"static/app.js", "static/index.html", "static/style.css"} <= set(files)
+    assert [f for f in files if not any(fnmatch(f, p) for p in patterns)] == []
