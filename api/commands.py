@@ -22,7 +22,14 @@ from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from api.auth import Operator, Reader
 from api.context import ApiContext, Context
@@ -80,7 +87,15 @@ class PauseState(BaseModel):
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: FastAPI validates the decoded JSON as Python values, and lax pydantic would take
+    # "yes" for true or a number for a time; a client that sends those has a bug to hear of.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _iso_time(value: Any) -> Any:
+    if value is not None and not isinstance(value, str | datetime):
+        raise ValueError("write a time as ISO 8601 text with a zone, e.g. 2026-11-30T10:00:00Z")
+    return value
 
 
 class ApproveBody(_Body):
@@ -115,7 +130,9 @@ class ChangeBody(_Body):
     kind: Name = "deploy"
     description: Text = ""
     author: Name | None = None
-    changed_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a zone")
+    changed_at: Annotated[AwareDatetime | None, BeforeValidator(_iso_time)] = Field(
+        default=None, strict=False, description="ISO 8601 with a zone"
+    )
     ref: Name | None = Field(default=None, description="a version, commit or key=value")
 
     @model_validator(mode="after")

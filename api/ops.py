@@ -34,7 +34,7 @@ MAX_QUERY = 20_000  # characters
 
 
 class SqlBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "5" for 5: see commands.py
 
     query: str = Field(min_length=1, max_length=MAX_QUERY, description="one read statement")
     max_rows: int | None = Field(

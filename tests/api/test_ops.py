@@ -23,6 +23,7 @@ from tests.api.serving import AS_ANA, AS_ROB, api, projector_serving
 from tests.eventlog.remediation_story import remediation_story
 from tests.eventlog.samples import concluded, event
 from tests.responder.running import anomaly
+from vigil.broker import EmbeddedNats
 
 NO_PROJECTOR = "no read model answers on vigil.sql.read (is a Vigil projector running?)"
 
@@ -231,3 +232,25 @@ async def test_a_hung_read_model_does_not_hang_the_scrape(
 
 async def _never_answer(msg: object) -> None:
     return None
+
+
+async def test_readyz_with_nats_gone_says_so_and_recovers(
+    nc: NATS, js: JetStreamContext, db_path: Path, client: httpx.AsyncClient,
+    nats_server: EmbeddedNats,
+) -> None:  # fmt: skip
+    async with projector_serving(nc, db_path):
+        assert (await client.get("/readyz")).status_code == 200
+        await nats_server.stop()
+        started = time.monotonic()
+        down = await client.get("/readyz")
+        assert time.monotonic() - started < 5
+        assert down.status_code == 503
+        assert down.json()["nats"] is False and down.json()["read_model"] is False
+        assert down.json()["detail"].startswith("NATS is not connected; ")
+        await nats_server.start()
+        for _ in range(30):  # until the client has reconnected (each check waits up to 2 s)
+            again = await client.get("/readyz")
+            if again.status_code == 200:
+                break
+        assert again.json() == {"nats": True, "stream": True, "read_model": True,
+                                "detail": "ready"}  # fmt: skip
