@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 ALL_EVENTS = f"{SUBJECT_PREFIX}.>"
 # Removed by the server this long after its reader vanished without closing (a killed process).
 INACTIVE_THRESHOLD = 30.0
+# The server's heartbeat to an idle follower; two missed (a server restarted, its consumer
+# lost with it) and the client recreates the consumer after the last sequence it saw.
+HEARTBEAT = 2.0
 
 
 def incident_subject(incident_id: str) -> str:
@@ -83,8 +86,14 @@ class EventFollower:
             inactive_threshold=INACTIVE_THRESHOLD,
         )
         self._sub = await self.js.subscribe(
-            self.subject, stream=self.stream, config=config, ordered_consumer=True
-        )
+            self.subject, stream=self.stream, config=config, ordered_consumer=True,
+            idle_heartbeat=HEARTBEAT,
+        )  # fmt: skip
+        # nats-py restarts an ordered consumer after the last sequence it saw, and with none
+        # seen yet from the stream's first: tell it where this one starts.
+        jsi = getattr(self._sub._sub, "_jsi", None)
+        if jsi is not None and getattr(jsi, "_sseq", None) == 0:
+            jsi._sseq = self.after
         return self
 
     async def __aexit__(

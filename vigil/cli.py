@@ -539,7 +539,10 @@ def tail(
         stop_on_signals(stop)
         await follow(url, incident_id, after=0 if from_start else after, stop=stop)
 
-    run(main())
+    try:
+        run(main())
+    except BrokenPipeError:  # `vigil tail | head`: the reader has gone, and so do we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
 
 
 @app.command()

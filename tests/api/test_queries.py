@@ -151,6 +151,7 @@ async def test_filters_by_status_service_and_time(
     assert await ids(status="open") == ["inc-2", "inc-1"]
     assert await ids(service="o'brien") == ["inc-3", "inc-2"]  # a quote, kept as a value
     assert await ids(service="x' OR '1'='1") == []
+    assert await ids(service="x'; DELETE FROM incidents; --") == []  # a value, not a statement
     assert await ids(since="2026-11-24T12:10:00Z") == ["inc-3", "inc-2"]
     assert await ids(until="2026-11-24T12:10:00Z") == ["inc-1"]
     assert await ids(since="2026-11-24T13:05:00+01:00", until="2026-11-24T12:20:00Z") == ["inc-2"]

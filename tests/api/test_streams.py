@@ -22,6 +22,7 @@ from eventlog.publisher import EventPublisher
 from eventlog.stream import EVENTS_STREAM
 from tests.api.reading import READ, api_app, served
 from tests.eventlog.samples import agent_step, event
+from vigil.broker import EmbeddedNats
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,10 @@ async def url(nc: NATS, js: JetStreamContext) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def sse(
-    base: str, path: str, headers: dict[str, str] | None = None
+    base: str, path: str, headers: dict[str, str] | None = None, timeout: float = 10
 ) -> AsyncIterator[SseReader]:
     async with (
-        httpx.AsyncClient(base_url=base, timeout=10) as client,
+        httpx.AsyncClient(base_url=base, timeout=timeout) as client,
         client.stream("GET", path, headers=READ | (headers or {})) as response,
     ):
         assert response.status_code == 200, (await response.aread()).decode()
@@ -194,3 +195,19 @@ async def test_a_stream_refused_says_why(
         answer = await client.get(path, headers=READ | headers)
     assert answer.status_code == status
     assert says in str(answer.json()["detail"])
+
+
+@pytest.mark.slow
+async def test_a_stream_goes_on_after_the_nats_server_restarts(
+    nats_server: EmbeddedNats, url: str, js: JetStreamContext
+) -> None:
+    """The ordered consumer lives in the server's memory: it is lost with the server, and
+    recreated by the client after the last sequence sent once the heartbeats stop."""
+    before = await publish(js, steps("inc-n", 0, 2))
+    async with sse(url, "/api/v1/incidents/inc-n/stream", timeout=40) as stream:
+        assert [int(f.id or 0) for f in await stream.frames(2)] == before
+        await nats_server.stop()
+        await nats_server.start()
+        after = await publish(js, steps("inc-n", 2, 2))
+        frames = [await asyncio.wait_for(stream.next(), 30) for _ in after]
+        assert [int(f.id or 0) for f in frames] == after
