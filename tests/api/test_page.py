@@ -312,9 +312,10 @@ async def test_the_page_is_served_without_a_token_and_its_config_with_one(nc: NA
         )
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    assert '<script src="/static/app.js" defer></script>' in page.text
+    assert '<script type="module" src="/static/app.js"></script>' in page.text
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert "innerHTML" not in script.text  # event text is put in as text nodes only
+    scripts = [p.read_text() for p in (ROOT / "api" / "static").glob("*.js")]
+    assert scripts and all("innerHTML" not in s for s in scripts)  # text goes in as text only
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
     assert anonymous.status_code == 401
     assert config.json() == {"prometheus_url": PROMETHEUS, "base_url": "http://127.0.0.1:8080"}
