@@ -282,7 +282,7 @@ async def run_api(
                 read_timeout=settings.webhook_read_timeout_seconds,
                 event_budget=event_budget(nc.max_payload),
             ),
-            context=api_context(settings, nc, stopping=stop),
+            context=api_context(settings, nc, sock, stopping=stop),
         )
         # A request may wait out the timeout three times (index, decision, publish) before 503.
         grace = 3 * settings.webhook_timeout_seconds
@@ -298,10 +298,17 @@ async def run_api(
             await index.close()
 
 
-def api_context(settings: Settings, nc: NATS, *, stopping: asyncio.Event) -> ApiContext:
+def api_context(
+    settings: Settings,
+    nc: NATS,
+    sock: socket.socket | None = None,
+    *,
+    stopping: asyncio.Event | None = None,
+) -> ApiContext:
     """What /api/v1, the page and Slack's buttons are given; says at start when no API token
-    is configured, since the API then answers loopback clients only. `stopping` ends the live
-    streams when the server stops."""
+    is configured, since the API then answers loopback clients only. Links point to
+    VIGIL_PUBLIC_URL, else to the address `sock` is bound to (a free port's real number).
+    `stopping`, once set, ends the live streams (SSE): the server stops without waiting."""
     if not settings.api_tokens:
         log.warning(
             "no API token configured (VIGIL_API_TOKENS): the API answers loopback clients only"
@@ -310,13 +317,13 @@ def api_context(settings: Settings, nc: NATS, *, stopping: asyncio.Event) -> Api
     return ApiContext(
         nc=nc,
         tokens=settings.api_tokens,
-        base_url=settings.api_base_url,
+        base_url=settings.api_base_url if settings.public_url or sock is None else _url_of(sock),
         prometheus_url=settings.prometheus_url,
         sql_max_rows=settings.sql_max_rows,
         sql_timeout=settings.sql_timeout_seconds,
-        stopping=stopping,
-        slack_signing_secret=secret.get_secret_value() if secret else None,
         approval_expiry=approval_expiry(settings),
+        stopping=stopping or asyncio.Event(),
+        slack_signing_secret=secret.get_secret_value() if secret else None,
         model=settings.model,
     )
 
@@ -330,6 +337,11 @@ def approval_expiry(settings: Settings) -> timedelta:
         return load_policy(settings.policy).approval_expiry
     except ConfigFileError as exc:
         raise RoleFailed(str(exc)) from None
+
+
+def _url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def event_budget(max_payload: int) -> int:

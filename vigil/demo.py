@@ -246,6 +246,7 @@ class Demo:
                 say(f"vigil    up: projector, webhook http://{host}:{port}/webhooks/alertmanager, "
                     f"workers, responder ({cfg.model}), saga orchestrator; DuckDB "
                     f"{cfg.db_path}")  # fmt: skip
+                say(f"page     the incident timeline, live: http://{host}:{port}/")
                 async with bus(cfg, url, "vigil-demo") as nc:
                     await self._incident(nc, shop, stay=stay)
             finally:
@@ -343,9 +344,11 @@ class Demo:
                         "(each service's /admin/release)")  # fmt: skip
         self.tell_queries()
         if stay:
+            host, port = self.sock.getsockname()[:2]
             self.teller.plain(
                 f"Still running: the shop, Prometheus {self.cfg.prometheus_url}, "
-                f"Alertmanager {self.cfg.alertmanager_url} and Vigil. Ctrl-C stops them all.",
+                f"Alertmanager {self.cfg.alertmanager_url} and Vigil (its page: "
+                f"http://{host}:{port}/). Ctrl-C stops them all.",
                 "bold",
             )
             with contextlib.suppress(Interrupted):  # the end asked for, not an interruption
