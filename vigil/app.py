@@ -309,12 +309,6 @@ def api_context(
     """What /api/v1, the page and Slack's buttons are given. Links point to
     VIGIL_PUBLIC_URL, else to the address `sock` is bound to (a free port's real number).
     `stopping`, once set, ends the live streams (SSE): the server stops without waiting."""
-    from responder.saga.policy import load_policy
-
-    try:  # an approval's expiry, as the orchestrator applies it (the page shows it)
-        expiry = load_policy(settings.policy).approval_expiry
-    except ConfigFileError as exc:
-        raise RoleFailed(str(exc)) from None
     secret = settings.slack_signing_secret
     return ApiContext(
         nc=nc,
@@ -323,12 +317,23 @@ def api_context(
         prometheus_url=settings.prometheus_url,
         sql_max_rows=settings.sql_max_rows,
         sql_timeout=settings.sql_timeout_seconds,
-        approval_expiry=expiry,
+        approval_expiry=approval_expiry(settings),
         stopping=stopping or asyncio.Event(),
         slack_signing_secret=secret.get_secret_value() if secret else None,
         model=settings.model,
         stream_replicas=settings.stream_replicas,
     )
+
+
+def approval_expiry(settings: Settings) -> timedelta:
+    """How long a plan waits for approval: the policy file's (VIGIL_POLICY), else the default
+    policy's; a policy that does not load fails here, in one line, as `vigil up` would."""
+    from responder.saga.policy import load_policy
+
+    try:
+        return load_policy(settings.policy).approval_expiry
+    except ConfigFileError as exc:
+        raise RoleFailed(str(exc)) from None
 
 
 def _url_of(sock: socket.socket) -> str:
