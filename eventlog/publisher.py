@@ -22,6 +22,8 @@ from eventlog.stream import EVENTS_STREAM
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# The subjects (wildcards allowed) that expectation is about, when not the event's own one.
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code when that expectation fails
 NATS_PY_MAX_PENDING = 4000  # JetStreamContext's default publish_async_max_pending
 
@@ -59,12 +61,17 @@ class EventPublisher:
     async def publish(self, event: Event) -> PubAck:
         return (await self.publish_many([event]))[0]
 
-    async def publish_after(self, event: Event, last_subject_seq: int) -> PubAck:
-        """Append `event` only if the last event on its subject is still `last_subject_seq` (0:
-        none): optimistic concurrency, for a chain of events one writer at a time extends.
+    async def publish_after(
+        self, event: Event, last_subject_seq: int, *, on: str | None = None
+    ) -> PubAck:
+        """Append `event` only if the last event on its subject (or on the subjects `on`
+        matches, e.g. `vigil.evt.<incident>.>`) is still `last_subject_seq` (0: none):
+        optimistic concurrency, for a chain of events one writer at a time extends.
         Raises WrongLastSequence otherwise (also when a retry finds its own first try
         stored, as the check comes before de-duplication: read back, then decide)."""
         headers = {MSG_ID_HEADER: str(event.id), EXPECTED_LAST_SUBJECT_SEQ: str(last_subject_seq)}
+        if on is not None:
+            headers[EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = on
         try:
             ack = await self._js.publish(
                 event.subject, event.to_json(), timeout=self._ack_timeout, headers=headers

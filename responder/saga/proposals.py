@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from nats.js import JetStreamContext
 
-from eventlog.envelope import Event, new_event
+from eventlog.envelope import Event, new_event, subject_for
 from eventlog.history import StoredEvent, incident_events
 from eventlog.payloads import (
     AnomalyDetected,
@@ -27,7 +27,7 @@ from eventlog.payloads import (
     RemediationRejected,
 )
 from eventlog.payloads.remediation import RemediationMode
-from eventlog.publisher import EventPublisher
+from eventlog.publisher import EventPublisher, WrongLastSequence
 from responder.attempts import NoSuchIncident
 from responder.saga.catalog import Catalog
 from responder.saga.plan import PlanRefused, check_plan
@@ -96,14 +96,28 @@ async def _record(
     incident_id: str,
     data: RemediationProposed | RemediationApproved | RemediationRejected,
 ) -> StoredEvent:
-    event_id = uuid.uuid5(NAMESPACE, f"{incident_id}|{data.saga_id}|{type(data).__name__}")
-    event = new_event(data, incident_id=incident_id, source=SOURCE, event_id=event_id)
+    event = new_event(
+        data, incident_id=incident_id, source=SOURCE, event_id=_id_of(data, incident_id)
+    )
     ack = await EventPublisher(js).publish(event)
     return StoredEvent(event, ack.seq)  # a duplicate's ack carries the first one's seq
 
 
+def _id_of(
+    data: RemediationProposed | RemediationApproved | RemediationRejected, incident_id: str
+) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"{incident_id}|{data.saga_id}|{type(data).__name__}")
+
+
 class NotAwaitingApproval(ValueError):
     """Nothing of the incident waits for a decision (or the saga named does not); says why."""
+
+
+class DecisionContended(NotAwaitingApproval):
+    """The incident's events kept arriving while a decision was checked; asking again works."""
+
+
+DECISION_TRIES = 5
 
 
 async def decide(
@@ -137,8 +151,44 @@ async def record_decision(
     expiry: timedelta = DEFAULT_EXPIRY,
 ) -> StoredEvent:
     """`decide`, answering with the event recorded and its stream sequence (the API says
-    which event its command produced)."""
-    events = [s.event for s in await incident_events(js, incident_id)]
+    which event its command produced).
+
+    The decision is appended only if no event of the incident came after those it was
+    checked against (compare-and-set on `vigil.evt.<incident>.>`), so an approval and a
+    rejection made at once cannot both be recorded: the second is checked again, sees the
+    first, and is refused (NotAwaitingApproval). DecisionContended after several tries."""
+    for _ in range(DECISION_TRIES):
+        stored = await incident_events(js, incident_id)
+        data = _decision(
+            [s.event for s in stored], incident_id, approve=approve, by=by, reason=reason,
+            saga_id=saga_id, expiry=expiry,
+        )  # fmt: skip
+        event = new_event(
+            data, incident_id=incident_id, source=SOURCE, event_id=_id_of(data, incident_id)
+        )
+        last = max((s.seq for s in stored), default=0)
+        try:
+            ack = await EventPublisher(js).publish_after(
+                event, last, on=subject_for(incident_id, ">")
+            )
+        except WrongLastSequence:
+            continue  # the incident moved on meanwhile: check again against what it is now
+        return StoredEvent(event, ack.seq)
+    raise DecisionContended(
+        f"incident {incident_id} kept changing while the decision was checked; try again"
+    )
+
+
+def _decision(
+    events: list[Event],
+    incident_id: str,
+    *,
+    approve: bool,
+    by: str,
+    reason: str,
+    saga_id: str | None,
+    expiry: timedelta,
+) -> RemediationApproved | RemediationRejected:
     if not any(isinstance(e.data, AnomalyDetected | AnomalyPredicted) for e in events):
         raise NoSuchIncident(f"no incident {incident_id!r}: no anomaly was recorded for it")
     now = datetime.now(UTC)
@@ -156,7 +206,7 @@ async def record_decision(
         data = RemediationApproved(saga_id=waiting[0], by=by, comment=reason)
     else:
         data = RemediationRejected(saga_id=waiting[0], by=by, reason=reason)
-    return await _record(js, incident_id, data)
+    return data
 
 
 def saga_ids(events: list[Event]) -> list[str]:

@@ -12,7 +12,9 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from pydantic import SecretStr
 
+from api.auth import ApiToken
 from eventlog.history import incident_events, read_events
 from eventlog.payloads import (
     IncidentResolved,
@@ -22,7 +24,7 @@ from eventlog.payloads import (
 )
 from responder.saga.pause import control_bucket, read_pause
 from responder.saga.proposals import propose
-from tests.api.serving import AS_ANA, AS_ROB, api
+from tests.api.serving import AS_ANA, AS_ROB, TOKENS, api
 from tests.eventlog.samples import concluded
 from tests.responder.running import anomaly, append
 from tests.responder.test_saga_proposals import CATALOG, POLICY
@@ -91,6 +93,38 @@ async def test_reject_names_the_saga_when_several_wait(
     gone = await client.post("/api/v1/incidents/inc-1/approve", json={"saga_id": two},
                              headers=AS_ANA)  # fmt: skip
     assert gone.json() == {"detail": f"{two} of incident inc-1 awaits no approval"}
+
+
+BEA = "bea-operate-token-000002"
+AS_BEA = {"Authorization": f"Bearer {BEA}"}
+WITH_BEA = [*TOKENS, ApiToken(name="bea", scope="operate", token=SecretStr(BEA))]
+
+
+@pytest.mark.parametrize("second", ["approve", "reject"])
+async def test_two_decisions_at_once_record_one_and_refuse_the_other(
+    nc: NATS, js: JetStreamContext, second: str
+) -> None:
+    # Both requests read the plan as awaiting before either records: without the
+    # compare-and-set on the incident's subjects, both were recorded and both answered 200.
+    async with api(nc, tokens=WITH_BEA) as c:
+        for n in range(4):
+            incident = f"inc-race{n}"
+            await append(js, anomaly("payments"), incident)
+            saga = await proposed(js, incident)
+            path = f"/api/v1/incidents/{incident}"
+            ana, bea = await asyncio.gather(
+                c.post(f"{path}/approve", json={"saga_id": saga}, headers=AS_ANA),
+                c.post(f"{path}/{second}", json={"saga_id": saga}, headers=AS_BEA),
+            )
+            assert sorted([ana.status_code, bea.status_code]) == [200, 409], (ana, bea)
+            won = ana if ana.status_code == 200 else bea
+            await on_stream(js, won)  # the answer tells who decided, as the stream holds it
+            decisions = [
+                s.event.data for s in await incident_events(js, incident)
+                if isinstance(s.event.data, RemediationApproved | RemediationRejected)
+            ]  # fmt: skip
+            assert len(decisions) == 1
+            assert decisions[0].by == ("ana" if won is ana else "bea")
 
 
 async def test_an_expired_plan_awaits_no_approval(nc: NATS, js: JetStreamContext) -> None:
