@@ -2,7 +2,9 @@
 
 A token's name is who acts: it is recorded as `by` on the facts its commands produce. With no
 token configured, the API answers loopback clients only, each as `local` with both scopes; a
-request from elsewhere is refused (403) rather than served unauthenticated. 401 means "who are
+request from elsewhere is refused (403) rather than served unauthenticated, and so is one whose
+Host or Origin header names another site (a page whose name was rebound to 127.0.0.1: DNS
+rebinding). 401 means "who are
 you?" (no token, or one we do not know); 403 means "you may not" (a read token on a command,
 or no tokens and a remote client). The webhook keeps its own token (VIGIL_WEBHOOK_TOKEN).
 """
@@ -35,8 +37,8 @@ class ApiToken(BaseModel):
     def parse(cls, item: str) -> ApiToken:
         """`name:scope:token` (the token may itself hold colons); ValueError names the fault."""
         parts = item.strip().split(":", 2)
-        if len(parts) != 3:
-            raise ValueError(f"API token {parts[0]!r} is not name:scope:token")
+        if len(parts) != 3:  # never echo it: a misplaced secret is all there may be
+            raise ValueError("an API token is not name:scope:token")
         name, scope, token = parts
         if scope not in ("read", "operate"):
             raise ValueError(f"API token {name!r} has scope {scope!r}; use read or operate")
@@ -66,14 +68,30 @@ class Tokens:
     def configured(self) -> bool:
         return bool(self._tokens)
 
-    def who(self, authorization: str | None, client_host: str | None) -> Principal:
-        """The principal, or HTTPException 401/403 saying what is wrong."""
+    def who(
+        self,
+        authorization: str | None,
+        client_host: str | None,
+        *,
+        host: str | None = None,
+        origin: str | None = None,
+    ) -> Principal:
+        """The principal, or HTTPException 401/403 saying what is wrong. `host` and `origin`
+        are the request's headers: with no token, both must name this machine too."""
         if not self._tokens:
             if not _is_loopback(client_host):
                 raise HTTPException(
                     403,
                     "no API token is configured, so the API answers loopback clients only; "
                     "set VIGIL_API_TOKENS (name:scope:token) to serve others",
+                )
+            # A page elsewhere whose name is rebound to 127.0.0.1 (DNS rebinding) reaches us
+            # from loopback too; its Host (and a browser's Origin) still name that site.
+            if not _names_loopback(host) or (origin is not None and not _names_loopback(origin)):
+                raise HTTPException(
+                    403,
+                    "no API token is configured, so the API answers requests addressed to "
+                    "localhost only (Host and Origin); set VIGIL_API_TOKENS to serve others",
                 )
             return Principal(LOCAL, "operate")
         if not authorization:
@@ -104,11 +122,34 @@ def _is_loopback(host: str | None) -> bool:
         return host == "testclient"  # starlette's TestClient; never a real peer address
 
 
+def _names_loopback(value: str | None) -> bool:
+    """A Host header (`name[:port]`) or an Origin (`scheme://name[:port]`) naming this machine:
+    localhost or a loopback address."""
+    if value is None:
+        return False
+    name = value.partition("://")[2] if "://" in value else value
+    if name.startswith("["):  # [::1]:8080
+        name = name[1 : name.find("]")] if "]" in name else ""
+    else:
+        name = name.rpartition(":")[0] if ":" in name else name
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def _principal(needed: Scope) -> Callable[[Request], Principal]:
     def dependency(request: Request) -> Principal:
         tokens: Tokens = request.app.state.tokens
         client = request.client.host if request.client else None
-        principal = tokens.who(request.headers.get("authorization"), client)
+        principal = tokens.who(
+            request.headers.get("authorization"),
+            client,
+            host=request.headers.get("host"),
+            origin=request.headers.get("origin"),
+        )
         if not principal.may(needed):
             raise HTTPException(
                 403,

@@ -63,7 +63,7 @@ class Cursor:
             raise BadQuery(NOT_A_CURSOR) from None
         if type(opened_us) is not int or not isinstance(incident_id, str):
             raise BadQuery(NOT_A_CURSOR)
-        if not INCIDENT_ID.match(incident_id):
+        if not INCIDENT_ID.fullmatch(incident_id):
             raise BadQuery(NOT_A_CURSOR)
         return cls(opened_us, incident_id)
 
@@ -125,7 +125,9 @@ async def list_incidents(
     rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
     page = rows[:limit]
     incidents = [Incident.model_validate(row) for row in page]
-    more = len(rows) > limit
+    # A reply cut to fit the bus (or the projector's own row cap) is a short page, not the
+    # last one: the next page starts after the last row that came.
+    more = len(rows) > limit or result.truncated
     last = page[-1] if page else None
     next_cursor = Cursor(last["opened_us"], last["incident_id"]) if more and last else None
     return incidents, next_cursor
@@ -134,7 +136,7 @@ async def list_incidents(
 async def get_incident(nc: NATS, incident_id: str, *, timeout: float) -> Incident | None:
     """The incident's read-model row, None if not projected (yet). `incident_id` must match
     INCIDENT_ID_PATTERN. Raises SqlError when the read model does not answer."""
-    assert INCIDENT_ID.match(incident_id)
+    assert INCIDENT_ID.fullmatch(incident_id)
     sql = f"{SELECT} WHERE incident_id = {quote(incident_id)}"
     result = await request_read_model(nc, sql, max_rows=1, timeout=timeout)
     if not result.rows:

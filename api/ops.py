@@ -10,6 +10,7 @@ SCRAPE_TIMEOUT, and a source that did not answer is left out (its `vigil_scrape_
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException
@@ -167,11 +168,20 @@ class RefreshBeforeScrape:
         await self.app(scope, receive, send)
 
 
+@functools.cache
+def ops_snapshot(registry: CollectorRegistry) -> OpsSnapshot:
+    """The registry's snapshot and its collector, made once: an API started again in the same
+    process (a supervised restart, `vigil eval`'s one per scenario) refreshes the same one
+    instead of failing on `Duplicated timeseries`."""
+    snapshot = OpsSnapshot()
+    registry.register(OpsCollector(snapshot))
+    return snapshot
+
+
 def add_routes(app: FastAPI, registry: CollectorRegistry) -> None:
     """Adds this module's routes to `app` (its `state.context` is an ApiContext), and the
     figures of the stream, its consumers and the read model to `registry` (served by the
     app's /metrics)."""
     app.include_router(router)
-    snapshot = OpsSnapshot()
-    registry.register(OpsCollector(snapshot))
+    snapshot = ops_snapshot(registry)
     app.add_middleware(RefreshBeforeScrape, snapshot=snapshot, context=app.state.context)

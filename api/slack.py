@@ -97,7 +97,7 @@ async def _signed_body(request: Request, secret: str | None) -> bytes:
             503, "Slack's buttons are not set up here: set VIGIL_SLACK_SIGNING_SECRET"
         )
     size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > MAX_BODY:
+    if size is not None and size.isascii() and size.isdigit() and int(size) > MAX_BODY:
         raise HTTPException(413, f"an interaction payload is at most {MAX_BODY} bytes")
     body = await request.body()
     if len(body) > MAX_BODY:
@@ -108,7 +108,7 @@ async def _signed_body(request: Request, secret: str | None) -> bytes:
         raise HTTPException(
             401, "not signed by Slack: X-Slack-Signature and X-Slack-Request-Timestamp are needed"
         )
-    if not stamp.isdigit():
+    if not (stamp.isascii() and stamp.isdigit()):  # '²'.isdigit(), yet int('²') fails
         raise HTTPException(401, f"X-Slack-Request-Timestamp {stamp[:32]!r} is not Unix seconds")
     age = time.time() - int(stamp)
     if abs(age) > MAX_AGE:

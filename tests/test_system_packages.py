@@ -195,6 +195,7 @@ def test_make_stops_before_the_venv_with_that_line(
     assert make is not None, "make runs this suite (`make test`; .ci/run installs it)"
     for tool in (make, BASH):
         (machine.bin / Path(tool).name).symlink_to(tool)
+    machine.add("chromium")  # `make test` also checks for it (the page's tests)
     machine.remove("prometheus-alertmanager")
     env = {"PATH": str(machine.bin), "SYSTEM_PACKAGES_UID": "1000", "LANG": "C.UTF-8"}
     done = subprocess.run(

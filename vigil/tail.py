@@ -38,7 +38,10 @@ def summary(event: Event) -> str:
 
 
 def _cut(text: str, width: int = VALUE_WIDTH) -> str:
+    """One line of at most `width`; control characters shown as `\\xNN`, since an alert's
+    text must not drive the terminal (an escape sequence could retitle or clear it)."""
     text = " ".join(text.split())
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

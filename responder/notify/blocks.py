@@ -85,7 +85,8 @@ def opening_blocks(story: IncidentStory, base_url: str) -> tuple[str, Blocks]:
         blocks.append(_context("Investigating: the hypotheses come with the report."))
     blocks.append(_context(f"<{incident_link(base_url, story.incident_id)}|Open the timeline>"))
     where = story.service or "unknown"
-    text = f"[{story.severity or 'unknown'}] {story.title} on {where} ({status})"
+    # The fallback text is Slack's push notification: mrkdwn there too, so escaped as well.
+    text = escape(f"[{story.severity or 'unknown'}] {story.title} on {where} ({status})")
     return text, blocks
 
 
@@ -99,7 +100,7 @@ def reply_blocks(milestone: Milestone, base_url: str) -> tuple[str, Blocks]:
         blocks.append(decision_buttons(milestone.event.incident_id, milestone.saga_id))
     link = incident_link(base_url, milestone.event.incident_id)
     blocks.append(_context(f"{milestone.kind.replace('_', ' ')} · <{link}|timeline>"))
-    return f"{icon} {milestone.summary}", blocks
+    return text, blocks
 
 
 def decision_buttons(incident_id: str, saga_id: str) -> dict[str, Any]:

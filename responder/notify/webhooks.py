@@ -74,9 +74,10 @@ class JsonWebhook:
 
     @property
     def target(self) -> str:
-        """Where it goes, as recorded: the URL without credentials, query or fragment."""
+        """Where it goes, as recorded (readable by every read token): the scheme and host
+        only, since chat tools (Mattermost, Discord, Teams) keep the secret in the path."""
         url = httpx.URL(self.url)
-        return str(url.copy_with(userinfo=b"", query=None, fragment=None))
+        return str(url.copy_with(userinfo=b"", path="/", query=None, fragment=None))
 
     async def send(self, body: dict[str, Any], idempotency_key: str) -> None:
         """Deliver once (retried on 429, 5xx and transport errors); WebhookRefused on a 4xx,

@@ -89,7 +89,7 @@ async def api_app(nc: NATS, **context: Any) -> AsyncIterator[FastAPI]:
 def in_process(app: FastAPI, client: str = "127.0.0.1") -> httpx.AsyncClient:
     """A client calling `app` over ASGI, as a peer at `client`."""
     transport = httpx.ASGITransport(app=app, client=(client, 50_000))
-    return httpx.AsyncClient(transport=transport, base_url="http://vigil")
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080")
 
 
 @contextlib.asynccontextmanager

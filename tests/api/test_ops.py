@@ -12,8 +12,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from alertmanager.alert_index import AlertIndex
+from api.app import ApiContext, WebhookConfig, create_app
 from eventlog.envelope import Event
 from eventlog.payloads import InvestigationStarted, ToolCompleted, ToolFailed, ToolRequested
 from eventlog.publisher import EventPublisher
@@ -252,3 +255,25 @@ async def test_readyz_with_nats_gone_says_so_and_recovers(
         if again.json()["nats"] and again.json()["stream"]:
             break
     assert (again.json()["nats"], again.json()["stream"]) == (True, True)
+
+
+async def test_an_api_made_again_in_one_process_serves_its_metrics(nc: NATS) -> None:
+    # `vigil eval` makes an API per scenario, and a supervised restart makes one again, on
+    # the same registry: the read model's collector must not be registered twice.
+    registry = CollectorRegistry()
+    js = nc.jetstream()
+    for _ in range(2):
+        index = await AlertIndex.open(js)
+        try:
+            app = create_app(
+                EventPublisher(js), index, WebhookConfig(token="webhook-token-00001"),
+                registry=registry, context=ApiContext(nc=nc),
+            )  # fmt: skip
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as c:
+                scraped = await c.get("/metrics")
+            assert scraped.status_code == 200
+            names = {f.name for f in text_string_to_metric_families(scraped.text)}
+            assert "vigil_events_published" in names, names
+        finally:
+            await index.close()

@@ -98,6 +98,23 @@ async def test_without_tokens_loopback_is_local_and_others_are_403(nc: NATS) -> 
             assert refused.status_code == 403
             assert "loopback clients only" in refused.json()["detail"]
             assert (await remote.get("/api/v1/incidents/inc-1/events")).status_code == 403
+        # DNS rebinding: a site's page whose name now resolves to 127.0.0.1 comes from
+        # loopback, but its Host and Origin still name the site.
+        async with in_process(app, client="127.0.0.1") as local:
+            for headers in (
+                {"Host": "attacker.example:8080"},
+                {"Host": "127.0.0.1:8080", "Origin": "http://attacker.example:8080"},
+            ):
+                paused = await local.post(
+                    "/api/v1/remediation/pause", json={"reason": "x"}, headers=headers
+                )
+                assert paused.status_code == 403, headers
+                assert "addressed to localhost only" in paused.json()["detail"]
+            for host in ("localhost:8080", "[::1]:8080", "127.0.0.1"):
+                me = await local.get(
+                    "/api/v1/whoami", headers={"Host": host, "Origin": f"http://{host}"}
+                )
+                assert me.status_code == 200, host
 
 
 # -- the list ----------------------------------------------------------------------------------
@@ -201,6 +218,33 @@ async def test_pages_hold_every_incident_once_while_new_ones_arrive(
     assert seen == list(reversed(expected))
     everything = await client.get("/api/v1/incidents", params={"limit": "500"}, headers=READ)
     assert len(everything.json()["incidents"]) == 35
+
+
+async def test_a_page_cut_to_fit_the_bus_is_not_the_last(
+    client: httpx.AsyncClient, model: ReadModel
+) -> None:
+    # Titles of 60 kB: 30 rows do not fit one NATS message (1 MB), so the SQL service drops
+    # rows and marks the reply truncated; the list must go on from the last row that came.
+    def big(i: int) -> Event:
+        event = opened(f"inc-{i:02d}", i)
+        data = event.data.model_copy(update={"name": "A" * 60_000})
+        return new_event(data, incident_id=event.incident_id, source="test",
+                         occurred_at=event.occurred_at)  # fmt: skip
+
+    await model.publish(*(big(i) for i in range(30)))
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = {"limit": "50"} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/api/v1/incidents", params=params, headers=READ)).json()
+        seen += [i["incident_id"] for i in page["incidents"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages > 1  # the cut happened
+    assert seen == [f"inc-{i:02d}" for i in reversed(range(30))]
 
 
 async def test_no_projector_is_a_503_that_says_so(nc: NATS) -> None:

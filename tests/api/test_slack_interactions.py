@@ -141,8 +141,10 @@ async def test_a_second_click_gets_an_ephemeral_note_and_records_nothing(
         (lambda body: signed(body, at=time.time() + 6 * 60), "beyond 5 minutes"),
         (lambda body: {"Content-Type": "application/x-www-form-urlencoded"}, "not signed"),
         (lambda body: signed(body) | {"X-Slack-Request-Timestamp": "soon"}, "Unix seconds"),
+        # '²'.isdigit() is True, yet int('²') fails: it was a 500
+        (lambda body: signed(body) | {"X-Slack-Request-Timestamp": b"\xb2"}, "Unix seconds"),
     ],
-    ids=["wrong-secret", "stale", "future", "unsigned", "bad-timestamp"],
+    ids=["wrong-secret", "stale", "future", "unsigned", "bad-timestamp", "superscript"],
 )
 async def test_a_request_not_signed_by_slack_now_is_401_with_the_reason(
     api: httpx.AsyncClient, js: JetStreamContext, slack: FakeSlack, awaiting: str,

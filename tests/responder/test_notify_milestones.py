@@ -80,9 +80,10 @@ def test_the_thread_is_the_recorded_opening_message() -> None:
 def test_text_from_events_cannot_mention_or_link_in_slack() -> None:
     story_events = whole_story("inc-a")
     story = IncidentStory("inc-a", tuple(story_events))
-    _, blocks = opening_blocks(story, BASE_URL)
+    text, blocks = opening_blocks(story, BASE_URL)
     shown = orjson.dumps(blocks).decode()
     assert "<!channel>" not in shown and "&lt;!channel&gt;" in shown
+    assert "<" not in text  # the fallback text (the push notification) is mrkdwn too
     assert f"<{BASE_URL}/?incident=inc-a|Open the timeline>" in shown  # our own link stays one
     assert "82%" in shown  # the report is among the events: its hypotheses show
     approval = milestone_of(story_events[3], story)

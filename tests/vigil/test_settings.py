@@ -226,3 +226,29 @@ def test_the_sample_config_names_the_sample_rules(
     assert load_rules(s.rules).rules
     assert s.topology == Path("deploy/topology.yaml") and s.signals == Path("deploy/signals.yaml")
     assert set(worker_tools(s).tools) == set(default_tools().tools)
+
+
+def test_api_tokens_from_the_environment_and_their_faults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "VIGIL_API_TOKENS", "ci:operate:0123456789abcdef0, grafana:read:a:b:cdefabcdef0123"
+    )
+    tokens = Settings().api_tokens
+    assert [(t.name, t.scope, t.token.get_secret_value()) for t in tokens] == [
+        ("ci", "operate", "0123456789abcdef0"),
+        ("grafana", "read", "a:b:cdefabcdef0123"),  # the token may hold colons
+    ]
+    for given, fault in [
+        ("ci:admin:0123456789abcdef0", "scope 'admin'; use read or operate"),
+        ("ci:read:short", "shorter than 16 characters"),
+        ("ci:read:0123456789abcdef0,ci:operate:fedcba98765432100", "two API tokens are named 'ci'"),
+        ("a:read:0123456789abcdef0,b:operate:0123456789abcdef0", "the same secret"),
+    ]:
+        monkeypatch.setenv("VIGIL_API_TOKENS", given)
+        with pytest.raises(ValidationError, match=fault):
+            Settings()
+    # A secret pasted without its name and scope is not echoed in the error.
+    monkeypatch.setenv("VIGIL_API_TOKENS", "0123456789abcdefSECRET")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    said = refused.value.errors()[0]["msg"]  # what `vigil` prints (vigil/cli.py: settings)
+    assert "is not name:scope:token" in said and "SECRET" not in said

@@ -120,3 +120,13 @@ async def test_after_a_sequence_and_bad_arguments(
     async with tailing(nats_server.url, tmp_path, "a.b") as tail:
         assert "not an incident id" in await tail.err()
         assert await asyncio.wait_for(tail.proc.wait(), DEADLINE) == 2
+
+
+def test_text_from_events_cannot_drive_the_terminal() -> None:
+    # An alert's name is outside text: an escape sequence in it could retitle or clear the
+    # terminal `vigil tail` prints on.
+    data = AnomalyDetected(origin="alertmanager", name="\x1b]0;owned\x07\x1b[2JHigh",
+                           fingerprint="fp", starts_at=T0, service="checkout")  # fmt: skip
+    shown = line(StoredEvent(event(data, "inc-1", 0), 7))
+    assert all(c.isprintable() for c in shown), repr(shown)
+    assert "\\x1b]0;owned\\x07\\x1b[2JHigh" in shown
