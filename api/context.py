@@ -34,8 +34,8 @@ class ApiContext:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     model: str = "builtin"  # recorded on the attempts /investigate opens (the responder's own)
     stream_replicas: int = 1  # of the pause switch's bucket, when the API makes it
-    # Set when the server is told to stop: live streams (SSE) end rather than hold it up.
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # The Slack user ids whose approve/reject clicks count; empty: nobody's (set it to use them).
+    slack_approvers: frozenset[str] = frozenset()
 
     @property
     def js(self) -> JetStreamContext:

@@ -144,6 +144,17 @@ async def _decide(context: ApiContext, click: BlockActions) -> dict[str, Any]:
         raise HTTPException(400, f"no {APPROVE} or {REJECT} action in the payload")
     incident_id, saga_id = _target(action.value)
     approve = action.action_id == APPROVE
+    if click.user.id not in context.slack_approvers:
+        # A button is seen by everyone in the channel (guests, a Slack Connect partner): only
+        # the people named may act, as only an operate token may on the API.
+        why = (
+            "no Slack user may decide here: VIGIL_SLACK_APPROVERS is not set"
+            if not context.slack_approvers
+            else f"<@{click.user.id}> is not among VIGIL_SLACK_APPROVERS"
+        )
+        log.warning("incident %s: a Slack click by %s refused: %s", incident_id, click.user.id, why)
+        return {"response_type": "ephemeral", "replace_original": False,
+                "text": f":no_entry: {why}; nothing was recorded"}  # fmt: skip
     try:
         decided = await decide(
             context.nc.jetstream(), incident_id, approve=approve, by=click.user.who,

@@ -320,6 +320,7 @@ def api_context(
         approval_expiry=approval_expiry(settings),
         stopping=stopping or asyncio.Event(),
         slack_signing_secret=secret.get_secret_value() if secret else None,
+        slack_approvers=frozenset(settings.slack_approvers),
         model=settings.model,
         stream_replicas=settings.stream_replicas,
     )

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(
         default=None, description="verifies Slack's requests to /slack/interactions (buttons)"
     )
+    slack_approvers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated Slack user ids (U...) whose approve and reject buttons "
+        "count; unset, a click is refused (anyone who sees the channel could act otherwise)",
+    )
     slack_api_url: str = Field(
         default="https://slack.com/api/", description="Slack's Web API base (tests: a fake)"
     )
@@ -174,7 +179,7 @@ class Settings(BaseSettings):
         # `VIGIL_RULES=` would otherwise be Path("."), a directory, not "no rules file".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("tool_modules", mode="before")
+    @field_validator("tool_modules", "slack_approvers", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):  # the environment's `a.tools, b.tools`; YAML gives a list

@@ -29,6 +29,7 @@ from vigil.broker import EmbeddedNats
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 URL = "/slack/interactions"
+APPROVERS = frozenset({"U024BE7LH"})  # alice, who clicks in these tests
 ASKED = {"type": "section", "text": {"type": "mrkdwn", "text": "Roll back checkout?"}}
 
 
@@ -38,11 +39,13 @@ async def slack() -> AsyncIterator[FakeSlack]:
         yield fake
 
 
-async def client_for(nc: NATS, js: JetStreamContext, secret: str | None) -> httpx.AsyncClient:
+async def client_for(
+    nc: NATS, js: JetStreamContext, secret: str | None, approvers: frozenset[str] = APPROVERS
+) -> httpx.AsyncClient:
     index = await AlertIndex.open(js)
     app = create_app(
         EventPublisher(js), index, WebhookConfig(token=None), registry=CollectorRegistry(),
-        context=ApiContext(nc=nc, slack_signing_secret=secret),
+        context=ApiContext(nc=nc, slack_signing_secret=secret, slack_approvers=approvers),
     )  # fmt: skip
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vigil")
 
@@ -109,6 +112,29 @@ async def test_an_approve_click_records_the_approval_by_the_slack_user(
     assert shown["blocks"][0] == ASKED  # what was asked stays, the buttons are gone
     assert all(b["type"] != "actions" for b in shown["blocks"])
     assert "approved by <@U024BE7LH>" in shown["text"]
+
+
+@pytest.mark.parametrize(
+    ("approvers", "said"),
+    [
+        (frozenset({"U0OTHER01"}), "<@U024BE7LH> is not among VIGIL_SLACK_APPROVERS"),
+        (frozenset(), "VIGIL_SLACK_APPROVERS is not set"),
+    ],
+    ids=["not-named", "nobody-named"],
+)
+async def test_a_click_by_someone_not_named_an_approver_records_nothing(
+    nc: NATS, js: JetStreamContext, slack: FakeSlack, awaiting: str,
+    approvers: frozenset[str], said: str,
+) -> None:  # fmt: skip
+    # Everyone in the channel sees the buttons (guests, a Slack Connect partner).
+    async with await client_for(nc, js, SECRET, approvers) as api:
+        for action in (APPROVE, REJECT):
+            body = click(action, slack)
+            answer = await api.post(URL, content=body, headers=signed(body))
+            assert answer.status_code == 200
+            assert answer.json()["response_type"] == "ephemeral"
+            assert said in answer.json()["text"]
+    assert await decisions(js, awaiting) == []
 
 
 async def test_a_reject_click_records_the_rejection(
