@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, Header, HTTPException
 from fastapi import Path as PathParam
 from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -44,6 +44,8 @@ from responder.saga.pause import control_bucket, read_pause, set_pause
 from responder.saga.proposals import NotAwaitingApproval, record_decision
 
 SOURCE = "api"
+# Changes recorded with an Idempotency-Key: their event id is uuid5(this, "<token name>|<key>").
+CHANGE_KEYS = uuid.UUID("4f9d1f0e-5b51-4c43-9b43-7c1e0a3f6d21")
 SAGA_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_TEXT = 2000  # characters of a comment, reason or description: a sentence, not a file
 MAX_NAME = 200  # a service, kind, author or ref
@@ -136,7 +138,7 @@ AUTH = {
     401: problem("no bearer token, or one not configured"),
     403: problem("a read token (commands need operate), or a remote client and no tokens"),
 }
-UNAVAILABLE = {503: problem("NATS did not answer; nothing was recorded, retry")}
+UNAVAILABLE = {503: problem("NATS did not answer; it may or may not be recorded: retry")}
 INCIDENT_COMMAND = AUTH | UNAVAILABLE | {404: UNKNOWN}
 
 router = APIRouter(prefix="/api/v1", tags=["commands"])
@@ -259,19 +261,47 @@ async def investigate(
 
 
 @router.post("/changes", responses=AUTH | UNAVAILABLE)
-async def record_change(body: ChangeBody, principal: Operator, context: Context) -> Recorded:
+async def record_change(
+    body: ChangeBody,
+    principal: Operator,
+    context: Context,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="the same key again (from the same token) records nothing new and "
+            "answers with the change first recorded: a pipeline's retry after a 503 is safe",
+        ),
+    ] = None,
+) -> Recorded:
     """Record a deploy or config change (for CI/CD pipelines): ChangeRecorded, which
     investigations read (`recent_changes`). A change belongs to no incident: like `vigil
     demo`'s and `vigil eval`'s, it is recorded under an incident id of its own,
-    `change-<12 hex>`."""
+    `change-<12 hex>` (derived from the `Idempotency-Key` header when one is given)."""
     data = ChangeRecorded(
         service=body.service, kind=body.kind, description=body.description,
         author=body.author or principal.name, changed_at=body.changed_at or datetime.now(UTC),
         ref=body.ref,
     )  # fmt: skip
-    event = new_event(data, incident_id=f"change-{uuid.uuid4().hex[:12]}", source=SOURCE)
+    if idempotency_key is None:
+        event = new_event(data, incident_id=f"change-{uuid.uuid4().hex[:12]}", source=SOURCE)
+        with _bus_errors():
+            ack = await EventPublisher(context.js).publish(event)
+        return Recorded(event=TimelineEvent.of(StoredEvent(event, ack.seq)))
+    keyed = uuid.uuid5(CHANGE_KEYS, f"{principal.name}|{idempotency_key}")
+    incident_id = f"change-{keyed.hex[:12]}"
+    event = new_event(data, incident_id=incident_id, source=SOURCE, event_id=keyed)
     with _bus_errors():
-        ack = await EventPublisher(context.js).publish(event)
+        try:  # the first with this key only, however long after (not just the dedup window)
+            ack = await EventPublisher(context.js).publish_after(event, 0)
+        except WrongLastSequence:
+            first = [s for s in await incident_events(context.js, incident_id)
+                     if isinstance(s.event.data, ChangeRecorded)]  # fmt: skip
+            if not first:
+                raise HTTPException(409, "this Idempotency-Key's change is not readable") from None
+            return Recorded(event=TimelineEvent.of(first[0]))
     return Recorded(event=TimelineEvent.of(StoredEvent(event, ack.seq)))
 
 
@@ -313,7 +343,11 @@ def _bus_errors() -> Iterator[None]:
     try:
         yield
     except (NatsTimeoutError, NoServersError, ConnectionClosedError, PublishError) as exc:
-        raise HTTPException(503, f"NATS did not answer ({type(exc).__name__}); retry") from None
+        raise HTTPException(
+            503,
+            f"NATS did not answer ({type(exc).__name__}): it may or may not be recorded; retry "
+            "(with the same Idempotency-Key, a change is not recorded twice)",
+        ) from None
     except APIError as exc:
         raise HTTPException(503, f"JetStream refused: {exc.description or exc}") from None
 

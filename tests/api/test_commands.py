@@ -302,6 +302,29 @@ async def test_a_change_is_recorded_as_the_demo_records_one(
     )
 
 
+async def test_a_change_sent_again_with_its_idempotency_key_is_recorded_once(
+    client: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    # A pipeline that got a 503 (an ack lost: stored or not?) retries with the same key.
+    body = {"service": "checkout", "description": "1.5.0", "ref": "deadbeef"}
+    keyed = {**AS_ANA, "Idempotency-Key": "pipeline-run-4711"}
+    first = await client.post("/api/v1/changes", json=body, headers=keyed)
+    again = await client.post("/api/v1/changes", json=body | {"description": "x"}, headers=keyed)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert again.json() == first.json()  # the first change, as first recorded
+    await on_stream(js, first)
+    other = await client.post(
+        "/api/v1/changes", json=body, headers={**AS_ANA, "Idempotency-Key": "pipeline-run-4712"}
+    )
+    assert other.json()["event"]["id"] != first.json()["event"]["id"]
+    changes = await read_events(js, ["vigil.evt.*.ChangeRecorded"])
+    assert len(changes) == 2
+    bad = await client.post(
+        "/api/v1/changes", json=body, headers={**AS_ANA, "Idempotency-Key": "a b"}
+    )
+    assert bad.status_code == 422 and "idempotency-key" in bad.json()["detail"].lower()
+
+
 async def test_pause_and_resume_set_the_switch_the_orchestrators_read(
     client: httpx.AsyncClient, js: JetStreamContext
 ) -> None:
