@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -62,15 +63,23 @@ async def read_events(
         while read < total:
             msgs = await sub.fetch(min(FETCH_BATCH, total - read), timeout=5)
             read += len(msgs)
-            for msg in msgs:
-                seq = msg.metadata.sequence.stream
-                try:
-                    out.append(StoredEvent(parse_event(msg.data), seq))
-                except MalformedEvent as exc:
-                    log.warning("skipping malformed event at seq %s: %s", seq, exc.reason)
+            out += stored_events(msgs)
         await sub.unsubscribe()
     finally:
         await js.delete_consumer(stream, info.name)
+    return out
+
+
+def stored_events(msgs: list[Msg]) -> list[StoredEvent]:
+    """The events of JetStream messages with their stream sequences; a malformed one is
+    skipped with a warning (it was refused at the edge, so it came from elsewhere)."""
+    out: list[StoredEvent] = []
+    for msg in msgs:
+        seq = msg.metadata.sequence.stream
+        try:
+            out.append(StoredEvent(parse_event(msg.data), seq))
+        except MalformedEvent as exc:
+            log.warning("skipping malformed event at seq %s: %s", seq, exc.reason)
     return out
 
 

@@ -26,7 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from eventlog.envelope import SUBJECT_PREFIX, MalformedEvent, parse_event
-from eventlog.history import FETCH_BATCH, StoredEvent
+from eventlog.history import FETCH_BATCH, StoredEvent, stored_events
 from eventlog.stream import EVENTS_STREAM
 
 log = logging.getLogger(__name__)
@@ -181,12 +181,7 @@ async def read_after(
             except NatsTimeoutError:
                 break
             pending -= len(msgs)
-            for msg in msgs:
-                seq = msg.metadata.sequence.stream
-                try:
-                    out.append(StoredEvent(parse_event(msg.data), seq))
-                except MalformedEvent as exc:
-                    log.warning("skipping malformed event at seq %s: %s", seq, exc.reason)
+            out += stored_events(msgs)
         await sub.unsubscribe()
     finally:
         with contextlib.suppress(NotFoundError):
