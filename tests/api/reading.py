@@ -24,8 +24,7 @@ from api.auth import ApiToken
 from eventlog.envelope import Event
 from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher
-from eventlog.sql_service import serve_sql
-from eventlog.store import ProjectionStore
+from tests.eventlog.projecting import projecting_with_sql
 from vigil.app import serve_http
 
 READ_TOKEN = "read-token-0123456789"
@@ -54,18 +53,9 @@ class ReadModel:
 @contextlib.asynccontextmanager
 async def read_model(nc: NATS, js: JetStreamContext, path: Path) -> AsyncIterator[ReadModel]:
     """A projector following the stream into `path`, its SQL service on the bus."""
-    store = ProjectionStore(path)
-    projector = Projector(js, store, fetch_timeout=0.1)  # stops within 0.1 s
-    service = await serve_sql(nc, store.con, store.db_id, timeout=10.0)
-    stop = asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
-    try:
+    # fetch_timeout: it stops within 0.1 s
+    async with projecting_with_sql(nc, path, batch=2000, fetch_timeout=0.1) as projector:
         yield ReadModel(js, projector)
-    finally:
-        stop.set()
-        await task
-        await service.stop()
-        store.close()
 
 
 @contextlib.asynccontextmanager

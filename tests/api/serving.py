@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,8 +19,7 @@ from api.app import ApiContext, WebhookConfig, create_app
 from api.auth import ApiToken
 from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher
-from eventlog.sql_service import serve_sql
-from eventlog.store import ProjectionStore
+from tests.eventlog.projecting import projecting_with_sql
 
 OPERATE = "ana-operate-token-000001"
 READ = "rob-read-token-0000000001"
@@ -62,15 +60,5 @@ async def api(nc: NATS, **context: Any) -> AsyncIterator[httpx.AsyncClient]:
 @contextlib.asynccontextmanager
 async def projector_serving(nc: NATS, path: Path) -> AsyncIterator[Projector]:
     """A projector following the stream into `path` and answering read-only SQL over NATS."""
-    store = ProjectionStore(path)
-    projector = Projector(nc.jetstream(), store, batch=200)
-    service = await serve_sql(nc, store.con, store.db_id, timeout=5.0, max_rows=1000)
-    stop = asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
-    try:
+    async with projecting_with_sql(nc, path, sql_timeout=5.0, max_rows=1000) as projector:
         yield projector
-    finally:
-        stop.set()
-        await task
-        await service.stop()
-        store.close()

@@ -24,11 +24,10 @@ from api.context import ApiContext
 from eventlog.payloads.investigation import CATEGORIES
 from eventlog.projector import Projector
 from eventlog.publisher import EventPublisher
-from eventlog.sql_service import serve_sql
-from eventlog.store import ProjectionStore
 from responder.saga.catalog import Catalog
 from responder.saga.orchestrator import Orchestrator, Timing, run_orchestrator
 from responder.saga.policy import Policy, ServicePolicy
+from tests.eventlog.projecting import projecting_with_sql
 from tests.responder.saga_target import Deployer, catalog_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -89,20 +88,10 @@ async def api_served(
 async def read_model(nc: NATS, db_path: Path) -> AsyncIterator[Projector]:
     """The projector following the stream into a DuckDB file, and the SQL service over it that
     the API's queries ask (as `vigil projector` runs them)."""
-    store = ProjectionStore(db_path)
-    projector = Projector(nc.jetstream(), store, fetch_timeout=0.2)
-    service = await serve_sql(nc, store.con, store.db_id)
-    stop = asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
-    try:
+    async with projecting_with_sql(nc, db_path, batch=2000, fetch_timeout=0.2) as projector:
         async with asyncio.timeout(20):
             await projector.following.wait()
         yield projector
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        await service.stop()
-        store.close()
 
 
 def approval_policy(service: str = "checkout") -> Policy:
